@@ -1,0 +1,1 @@
+"""batchgen: offline batch LLM inference over vLLM."""

@@ -1,0 +1,144 @@
+"""What is committed, and the exactly-once commit rule.
+
+Layout under the output folder:
+
+    parts/<unit>.<seq>.parquet      committed rows (the truth; a part is visible whole or not at all)
+    stats/<unit>.<seq>.parquet      one stats row per part, written right after it
+    _batchgen/job.json              the settings that shape outputs, checked on resume
+    _SUCCESS.json                   the completion record, written once every unit is committed
+
+Each unit's parts form a log with dense sequence numbers, created with create-if-absent. A writer
+commits part `seq` only after reading parts 0..seq-1 and dropping the rows they already hold; if
+`seq` was taken meanwhile (a zombie worker on the same unit), it reads that part and tries seq+1.
+So even two workers on one unit leave each row exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchgen.errors import OutputError
+from batchgen.io.store import Store
+from batchgen.jobfile import diff_fields, fingerprint
+from batchgen.plan import Unit
+from batchgen.spec import JobSpec
+
+log = logging.getLogger("batchgen")
+PARTS, STATS, META = "parts", "stats", "_batchgen"
+SUCCESS = "_SUCCESS.json"
+_PART = re.compile(r"^(?P<unit>.+)\.(?P<seq>\d{6})\.parquet$")
+
+
+def part_name(unit: str, seq: int) -> str:
+    return f"{unit}.{seq:06d}.parquet"
+
+
+def parse_part(name: str) -> tuple[str, int] | None:
+    m = _PART.match(name)
+    return (m["unit"], int(m["seq"])) if m else None
+
+
+def check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
+    """Refuse to resume into output written with settings that change results, unless forced."""
+    digest, fields = fingerprint(spec)
+    rel = f"{META}/job.json"
+    try:
+        old = json.loads(store.read_bytes(rel)) if store.exists(rel) else None
+    except FileNotFoundError:
+        old = None
+    if old is not None and old.get("fingerprint") != digest and not force:
+        diffs = diff_fields(old.get("fields", {}), fields)
+        raise OutputError(
+            "the output folder holds results of a job with different settings:\n    " + "\n    ".join(diffs or ["(unknown)"]),
+            where=store.where(rel),
+            fix="use another output.path, or pass --force to resume anyway (old and new rows will be mixed)",
+        )
+    if old is None or old.get("fingerprint") != digest:
+        store.put(rel, json.dumps({"fingerprint": digest, "fields": fields, "written": time.time()}, indent=1).encode())
+
+
+@dataclass
+class UnitState:
+    unit: Unit
+    done: np.ndarray  # bool per row of the unit: committed
+    next_seq: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return int((~self.done).sum())
+
+
+class Ledger:
+    """Committed state of a set of units, and the commit operation. Safe to call from one writer thread."""
+
+    def __init__(self, store: Store, units: Iterable[Unit]):
+        self.store = store
+        self.units = {u.key: UnitState(u, np.zeros(max(u.rows, 0), dtype=bool)) for u in units}
+        self.lock = threading.Lock()
+
+    def load(self) -> None:
+        """Read every committed part of our units (one listing; foreign files are ignored)."""
+        by_unit: dict[str, list[int]] = {}
+        for name in self.store.listdir(PARTS):
+            parsed = parse_part(name)
+            if parsed and parsed[0] in self.units:
+                by_unit.setdefault(parsed[0], []).append(parsed[1])
+        for key, seqs in by_unit.items():
+            for seq in sorted(seqs):
+                self._absorb(key, seq)
+
+    def _absorb(self, key: str, seq: int) -> None:
+        state = self.units[key]
+        data = self.store.read_bytes(f"{PARTS}/{part_name(key, seq)}")
+        rows = pq.read_table(io.BytesIO(data), columns=["row_index"]).column(0).to_numpy()
+        with self.lock:
+            state.done[rows - state.unit.row_start] = True
+            state.next_seq = max(state.next_seq, seq + 1)
+
+    def done_mask(self, key: str) -> np.ndarray:
+        with self.lock:
+            return self.units[key].done.copy()
+
+    def remaining(self) -> int:
+        return sum(s.remaining for s in self.units.values())
+
+    def complete(self) -> bool:
+        return all(s.remaining == 0 for s in self.units.values())
+
+    def commit(self, key: str, rows: list[Any], row_index: Callable[[Any], int],
+               encode: Callable[[list[Any], int], bytes]) -> tuple[int, list[Any]] | None:
+        """Commit `rows` of unit `key` exactly once. Returns (seq, rows written) or None if all were there."""
+        state = self.units[key]
+        while True:
+            with self.lock:
+                seq = state.next_seq
+                fresh = [r for r in rows if not state.done[row_index(r) - state.unit.row_start]]
+            if not fresh:
+                return None
+            if self.store.create_exclusive(f"{PARTS}/{part_name(key, seq)}", encode(fresh, seq)):
+                with self.lock:
+                    state.done[[row_index(r) - state.unit.row_start for r in fresh]] = True
+                    state.next_seq = seq + 1
+                return seq, fresh
+            log.warning("part %s of unit %s was written by another worker; merging and retrying", seq, key)
+            self._absorb(key, seq)
+
+
+def read_parts(store: Store, columns: list[str] | None = None) -> pa.Table | None:
+    """All committed rows (for tests, status and the completion check)."""
+    tables = []
+    for name in store.listdir(PARTS):
+        if parse_part(name):
+            tables.append(pq.read_table(io.BytesIO(store.read_bytes(f"{PARTS}/{name}")), columns=columns))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None

@@ -1,0 +1,142 @@
+"""The `batchgen` command. Turns BatchgenError into messages and exit codes; holds no logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from batchgen.errors import EXIT_INTERRUPTED, BatchgenError
+from batchgen.jobfile import load_job
+from batchgen.plan import rank_from_environment
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Offline batch LLM inference over vLLM: Parquet prompt shards in, checkpointed Parquet out. "
+    f"Rerunning the same command resumes an interrupted job: no row lost, none twice (exit code {EXIT_INTERRUPTED} means "
+    "'interrupted, rerun to resume').",
+)
+
+JOB = typer.Argument(..., help="Job file (YAML). `batchgen init job.yaml` writes a commented one.", exists=False)
+SET = typer.Option(None, "--set", help="Override any job key: --set runtime.window=256 (repeatable; values are YAML).")
+# Engine and sampling flags, named as vLLM names them.
+_ENGINE = "Engine (as vLLM)"
+_SAMPLING = "Sampling (as vLLM)"
+_SCALE = "Scale-out"
+
+
+def _overrides(**flags: object) -> dict[str, object]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str]:
+    if rank is not None or world_size is not None:
+        return rank or 0, world_size or 1, "flags"
+    return rank_from_environment(os.environ)
+
+
+def _fail(err: BatchgenError) -> None:
+    typer.echo(f"batchgen: error: {err.render()}", err=True)
+    raise typer.Exit(err.exit_code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="[batchgen] %(levelname)s %(message)s")
+
+
+@app.command()
+def run(
+    job: Path = JOB,
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder or HF id.", rich_help_panel=_ENGINE),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context length.", rich_help_panel=_ENGINE),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="Fraction of GPU memory for vLLM.", rich_help_panel=_ENGINE),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", "-tp", help="GPUs per engine.", rich_help_panel=_ENGINE),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16, float32.", rich_help_panel=_ENGINE),
+    quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="awq, gptq, fp8, ...", rich_help_panel=_ENGINE),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow the model's own code.", rich_help_panel=_ENGINE),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Sequences per engine step.", rich_help_panel=_ENGINE),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Tokens per engine step.", rich_help_panel=_ENGINE),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy.", rich_help_panel=_SAMPLING),
+    top_p: Optional[float] = typer.Option(None, "--top-p", rich_help_panel=_SAMPLING, help="Nucleus sampling mass."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", rich_help_panel=_SAMPLING, help="Top-k (0: off)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", rich_help_panel=_SAMPLING, help="Most tokens per completion."),
+    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", rich_help_panel=_SAMPLING, help="-2..2."),
+    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", rich_help_panel=_SAMPLING, help="-2..2."),
+    seed: Optional[int] = typer.Option(None, "--seed", rich_help_panel=_SAMPLING, help="Job seed (each row's seed derives from it and the row id)."),
+    sets: Optional[list[str]] = SET,
+    force: bool = typer.Option(False, "--force", help="Resume even if the output was written with settings that change results."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="This worker's rank (default: from SLURM / k8s variables, else 0).", rich_help_panel=_SCALE),
+    world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
+    worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
+
+    Exit codes: 0 done (error rows are data, counted in the summary); 1 failed; 2 bad job (nothing started);
+    75 interrupted by SIGTERM/SIGINT after committing finished rows: rerun to resume.
+    """
+    from batchgen.runner import Runner, RunOptions
+
+    _setup_logging(verbose)
+    try:
+        spec = load_job(job, _overrides(
+            model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, dtype=dtype, quantization=quantization,
+            trust_remote_code=trust_remote_code, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty, seed=seed), sets)
+        r, w, source = _rank(rank, world_size)
+        worker = worker_id or f"{socket.gethostname()}-r{r}"
+        logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
+        summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force)).run()
+    except BatchgenError as e:
+        _fail(e)
+        return
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"  output    {spec.output.path}/parts/*.parquet")
+
+
+@app.command()
+def plan(
+    job: Path = JOB,
+    world_size: int = typer.Option(1, "--world-size", help="Number of workers to split the job across."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sets: Optional[list[str]] = SET,
+) -> None:
+    """Print which worker (rank) does which work units: deterministic, no coordinator."""
+    from batchgen.plan import assign, discover_shards, plan_units
+
+    try:
+        spec = load_job(job, None, sets)
+        units = plan_units(spec.input, discover_shards(spec.input))
+        shares = {r: assign(units, r, world_size) for r in range(world_size)}
+    except BatchgenError as e:
+        _fail(e)
+        return
+    if as_json:
+        typer.echo(json.dumps({r: [{"unit": u.key, "shard": u.shard, "rows": [u.row_start, u.row_end]} for u in us]
+                               for r, us in shares.items()}, indent=1))
+        return
+    typer.echo(f"{len(units)} work units, {sum(u.rows for u in units)} rows, {world_size} worker(s)")
+    for r, us in shares.items():
+        typer.echo(f"rank {r}: {len(us)} units, {sum(u.rows for u in us)} rows")
+        for u in us:
+            typer.echo(f"  {u.key}  rows {u.row_start}..{u.row_end}  ({u.shard})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

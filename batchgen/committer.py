@@ -1,0 +1,95 @@
+"""Commits run beside generation: a writer thread with a bounded queue of parts to write."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+
+from batchgen.checkpoint import STATS, Ledger, part_name
+from batchgen.io.parts import OutputRow, build_table, to_parquet_bytes
+from batchgen.stats import Counters, part_stats_bytes
+
+
+@dataclass
+class PartSink:
+    """How a part is encoded and where side files go: everything the writer thread needs."""
+
+    schema: pa.Schema
+    id_column: str
+    compression: str
+    worker: str
+    job_fingerprint: str
+    on_part: Callable[[str, int, list[OutputRow]], None] | None = None  # extra files per part (OpenAI JSONL)
+
+
+class Committer:
+    def __init__(self, ledger: Ledger, sink: PartSink, max_queue: int):
+        self.ledger, self.sink = ledger, sink
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._error: BaseException | None = None
+        self.committed = Counters()
+        self.parts = 0
+        self.wait_seconds = 0.0  # time generation was held back because uploads fell behind
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._work, name="batchgen-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return self._q.qsize()
+
+    def submit(self, unit: str, rows: list[OutputRow]) -> None:
+        self.raise_if_failed()
+        t0 = time.monotonic()
+        self._q.put((unit, rows))
+        self.wait_seconds += time.monotonic() - t0
+
+    def close(self) -> None:
+        """Wait until every submitted part is committed; re-raise a commit failure."""
+        self._q.put(None)
+        self._thread.join()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain: nothing more is committed after a failure
+            try:
+                self._commit(*item)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self._error = e
+
+    def _commit(self, unit: str, rows: list[OutputRow]) -> None:
+        s = self.sink
+        t0 = time.monotonic()
+
+        def encode(fresh: list[OutputRow], seq: int) -> bytes:
+            meta = {"unit": unit, "seq": seq, "worker": s.worker, "job": s.job_fingerprint}
+            return to_parquet_bytes(build_table(s.schema, s.id_column, fresh), s.compression, meta)
+
+        result = self.ledger.commit(unit, rows, lambda r: r.row_index, encode)
+        if result is None:
+            return
+        seq, fresh = result
+        counters = Counters()
+        counters.add_rows(fresh)
+        now = time.monotonic()
+        stats = part_stats_bytes(unit, seq, s.worker, counters, span=now - self._last, upload=now - t0, backlog=self.backlog)
+        self._last = now
+        self.ledger.store.put(f"{STATS}/{part_name(unit, seq)}", stats)
+        if s.on_part:
+            s.on_part(unit, seq, fresh)
+        self.committed = self.committed.merge(counters)
+        self.parts += 1

@@ -1,0 +1,20 @@
+"""Engines behind one small protocol: the real vLLM one, and an instant one for measuring batchgen itself."""
+
+from __future__ import annotations
+
+from batchgen.engine.base import Completion, Engine, EngineInfo
+from batchgen.spec import JobSpec
+
+
+def start_engine(spec: JobSpec) -> Engine:
+    """Start the engine the spec asks for (imports vLLM only when it is needed)."""
+    if spec.runtime.engine == "instant":
+        from batchgen.engine.instant import InstantEngine
+
+        return InstantEngine(spec)
+    from batchgen.engine.vllm import VllmEngine
+
+    return VllmEngine(spec)
+
+
+__all__ = ["Completion", "Engine", "EngineInfo", "start_engine"]

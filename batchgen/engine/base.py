@@ -1,0 +1,54 @@
+"""The engine protocol the runner drives: add requests, step, collect finished completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from batchgen.prompts import Request
+
+
+@dataclass
+class Completion:
+    """A finished request, keyed like the Request it answers."""
+
+    key: str
+    texts: list[str]
+    finish_reasons: list[str]
+    output_tokens: list[int]
+    prompt_tokens: int
+    cached_tokens: int
+    error: str | None = None
+
+
+@dataclass
+class EngineInfo:
+    kind: str
+    version: str
+    device: str
+    model: str
+    max_model_len: int | None
+    max_num_seqs: int | None
+    start_seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """Longest prompt the engine takes (max_model_len - 1: room for one generated token)."""
+
+    def add(self, req: Request) -> str | None:
+        """Queue a request. Returns an error text if the engine refuses it (that row becomes an error row)."""
+
+    def step(self) -> list[Completion]:
+        """Run one engine step; return the requests that finished in it."""
+
+    def in_flight(self) -> int: ...
+
+    def abort_all(self) -> list[str]:
+        """Drop every unfinished request; return their keys."""
+
+    def close(self) -> None: ...

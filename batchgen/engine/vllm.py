@@ -1,0 +1,159 @@
+"""The real engine: vLLM's LLMEngine, fed continuously (requests added between steps).
+
+We hand vLLM token ids (tokenized off the engine's thread by the reader) and ask only for final
+outputs, so each step returns just the requests that finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from batchgen.engine.base import Completion, EngineInfo
+from batchgen.errors import SpecError
+from batchgen.prompts import Request
+from batchgen.spec import JobSpec, ModelSpec, SamplingSpec
+
+log = logging.getLogger("batchgen.engine")
+
+# CUDA-graph capture covers batches up to 512 by default; larger decode batches run eagerly (slower).
+GPU_DEFAULT_MAX_NUM_SEQS = 512
+
+
+def engine_args_dict(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
+    """vLLM EngineArgs keyword arguments from the spec (unset fields keep vLLM's defaults)."""
+    args: dict[str, Any] = {
+        "model": model.path,
+        "tokenizer": model.tokenizer,
+        "dtype": model.dtype,
+        "quantization": model.quantization,
+        "max_model_len": model.max_model_len,
+        "gpu_memory_utilization": model.gpu_memory_utilization,
+        "tensor_parallel_size": model.tensor_parallel_size,
+        "trust_remote_code": model.trust_remote_code,
+        "max_num_seqs": model.max_num_seqs or (GPU_DEFAULT_MAX_NUM_SEQS if on_gpu else None),
+        "max_num_batched_tokens": model.max_num_batched_tokens,
+        "enable_prefix_caching": model.enable_prefix_caching,
+        "enable_chunked_prefill": model.enable_chunked_prefill,
+        "enforce_eager": model.enforce_eager,
+        "load_format": model.load_format,
+        "disable_log_stats": True,
+    }
+    args = {k: v for k, v in args.items() if v is not None}
+    clash = sorted(set(model.engine_kwargs) & set(args) - {"disable_log_stats"})
+    if clash:
+        raise SpecError(f"model.engine_kwargs repeats named field(s) {', '.join(clash)}",
+                        where="model.engine_kwargs", fix=f"set them as model.{clash[0]} instead")
+    return {**args, **model.engine_kwargs}
+
+
+def check_engine_kwargs(model: ModelSpec) -> None:
+    """Unknown engine_kwargs fail before the engine starts, naming the key and close matches."""
+    import difflib
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    for key in model.engine_kwargs:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            raise SpecError(f"unknown vLLM engine option {key!r}", where="model.engine_kwargs",
+                            fix=f"did you mean {', '.join(close)}?" if close else "see vLLM's EngineArgs for option names")
+
+
+def check_sampling_extra(sampling: SamplingSpec) -> None:
+    from vllm import SamplingParams
+
+    names = set(SamplingParams.__struct_fields__) if hasattr(SamplingParams, "__struct_fields__") else set()
+    for key in sampling.extra:
+        if names and key not in names:
+            raise SpecError(f"unknown vLLM sampling option {key!r}", where="sampling.extra",
+                            fix="see vLLM's SamplingParams for option names")
+
+
+class VllmEngine:
+    def __init__(self, spec: JobSpec):
+        import vllm
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        check_engine_kwargs(spec.model)
+        check_sampling_extra(spec.sampling)
+        on_gpu = current_platform.is_cuda_alike()
+        t0 = time.monotonic()
+        self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_args_dict(spec.model, on_gpu=on_gpu)))
+        started = time.monotonic() - t0
+        cfg = self._engine.vllm_config
+        self.info = EngineInfo(
+            kind="vllm", version=vllm.__version__, device=_device_name(current_platform),
+            model=spec.model.path, max_model_len=cfg.model_config.max_model_len,
+            max_num_seqs=cfg.scheduler_config.max_num_seqs, start_seconds=started,
+        )
+        self._sampling = spec.sampling
+        self._live: set[str] = set()
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        return self.info.max_model_len - 1 if self.info.max_model_len else None
+
+    def params(self, s: SamplingSpec, seed: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else -1, min_p=s.min_p,
+            max_tokens=s.max_tokens, min_tokens=s.min_tokens, presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
+            stop=s.stop or None, stop_token_ids=s.stop_token_ids or None, ignore_eos=s.ignore_eos,
+            skip_special_tokens=s.skip_special_tokens, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY,
+            **s.extra,
+        )
+
+    def add(self, req: Request) -> str | None:
+        try:
+            self._engine.add_request(req.key, {"prompt_token_ids": req.token_ids}, self.params(req.sampling, req.seed))
+        except (ValueError, TypeError) as e:
+            return f"rejected by vLLM: {e}"
+        self._live.add(req.key)
+        return None
+
+    def step(self) -> list[Completion]:
+        done = []
+        for out in self._engine.step():
+            if not out.finished:
+                continue
+            self._live.discard(out.request_id)
+            done.append(Completion(
+                key=out.request_id,
+                texts=[c.text for c in out.outputs],
+                finish_reasons=[str(c.finish_reason) for c in out.outputs],
+                output_tokens=[len(c.token_ids) for c in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids or []),
+                cached_tokens=out.num_cached_tokens or 0,
+            ))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    def abort_all(self) -> list[str]:
+        keys = sorted(self._live)
+        if keys:
+            self._engine.abort_request(keys)
+        self._live.clear()
+        return keys
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+
+
+def _device_name(platform: Any) -> str:
+    try:
+        return f"{platform.device_name}: {platform.get_device_name()}"
+    except Exception:  # noqa: BLE001 - a name is informative only
+        return str(getattr(platform, "device_name", "unknown"))

@@ -1,0 +1,93 @@
+"""The reader side of a run: units -> record batches -> Requests, prefix-ordered, into a bounded queue.
+
+Runs in its own thread so reading, rendering and tokenizing overlap the engine's steps (the fast
+tokenizers release the GIL while they work).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+from batchgen.io.reader import read_unit
+from batchgen.plan import Unit
+from batchgen.prompts import Renderer, Request, order_by_prefix
+from batchgen.spec import JobSpec
+
+_END = object()
+
+
+class Feeder:
+    def __init__(self, spec: JobSpec, units: Sequence[Unit], done_mask: Callable[[str], np.ndarray],
+                 renderer: Renderer, read_columns: Sequence[str], max_chunks: int = 8):
+        self.spec, self.units, self.done_mask, self.renderer = spec, list(units), done_mask, renderer
+        self.columns = list(read_columns)
+        self._q: queue.Queue = queue.Queue(maxsize=max_chunks)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self.finished = False
+        self._thread = threading.Thread(target=self._work, name="batchgen-read", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def get(self, timeout: float | None) -> list[Request] | None:
+        """The next chunk of requests; None if none came within `timeout` or the input is exhausted."""
+        if self.finished:
+            return None
+        try:
+            item = self._q.get(timeout=timeout) if timeout else self._q.get_nowait()
+        except queue.Empty:
+            return None
+        if item is _END:
+            self.finished = True
+            if self.error is not None:
+                raise self.error
+            return None
+        return item
+
+    def _work(self) -> None:
+        try:
+            buffer: list[Request] = []
+            limit = self.spec.runtime.ordering_rows if self.spec.runtime.order_by_prefix else self.spec.input.batch_rows
+            for unit in self.units:
+                mask = self.done_mask(unit.key)
+                if mask.size and mask.all():
+                    continue
+                for batch in read_unit(self.spec.input, unit, self.columns, mask):
+                    if self._stop.is_set():
+                        return
+                    buffer += self.renderer.render(unit.key, batch)
+                    if len(buffer) >= limit:
+                        self._emit(buffer)
+                        buffer = []
+            if buffer and not self._stop.is_set():
+                self._emit(buffer)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread by get()
+            self.error = e
+        finally:
+            self._put(_END)
+
+    def _emit(self, reqs: list[Request]) -> None:
+        self._put(order_by_prefix(reqs) if self.spec.runtime.order_by_prefix else reqs)
+
+    def _put(self, item: object) -> None:
+        while True:
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._stop.is_set() and item is not _END:
+                    return
+                if self._stop.is_set():
+                    # Make room for the end marker: nobody will read the queued chunks any more.
+                    try:
+                        self._q.get_nowait()
+                    except queue.Empty:
+                        pass

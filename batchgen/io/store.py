@@ -1,0 +1,164 @@
+"""A folder on any fsspec file system, with the few operations batchgen's commit protocol needs.
+
+Whole-object visibility is the point: a part is written to a temporary name and renamed on local
+disk (rename is atomic within a folder), and sent as a single PUT on object stores (an object is
+visible only once its upload completes). `create_exclusive` is create-if-absent: O_EXCL-style
+hard link locally, a conditional PUT (If-None-Match: *) on S3.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from batchgen.errors import StorageError
+from batchgen.io.retry import RetryPolicy, with_retries
+from batchgen.spec import StorageSpec
+
+
+def storage_options(url: str, spec: StorageSpec) -> dict[str, Any]:
+    """fsspec options for `url`. Unset fields leave the AWS credential chain in charge."""
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    opts: dict[str, Any] = {"anon": spec.anon}
+    client: dict[str, Any] = {}
+    if spec.endpoint_url:
+        client["endpoint_url"] = spec.endpoint_url
+    if spec.region:
+        client["region_name"] = spec.region
+    if client:
+        opts["client_kwargs"] = client
+    if spec.profile:
+        opts["profile"] = spec.profile
+    if spec.key:
+        opts["key"] = spec.key
+    if spec.secret is not None:
+        opts["secret"] = spec.secret.get_secret_value()
+    # botocore's own retries stay small: ours (with jitter and a clear final error) wrap every call.
+    opts["config_kwargs"] = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30}
+    opts["skip_instance_cache"] = True
+    return opts
+
+
+def open_fs(url: str, spec: StorageSpec) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url, spec))
+    return fs, path
+
+
+@dataclass
+class Store:
+    """A root folder plus relative paths below it."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    retry: RetryPolicy
+    url: str
+
+    @classmethod
+    def open(cls, url: str, spec: StorageSpec) -> Store:
+        fs, root = open_fs(url, spec)
+        return cls(fs=fs, root=root.rstrip("/"), retry=RetryPolicy.from_spec(spec), url=url.rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def where(self, rel: str) -> str:
+        """A user-facing location (URL), for messages."""
+        return posixpath.join(self.url, rel) if rel else self.url
+
+    def _call(self, what: str, rel: str, fn, *args, **kwargs):
+        return with_retries(self.retry, f"{what} {self.where(rel)}", fn, *args, **kwargs)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._call("read", rel, self.fs.cat_file, self.path(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self._call("check", rel, self.fs.exists, self.path(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names (not paths) of the files directly under `rel`; empty if it does not exist."""
+        target = self.path(rel)
+
+        def ls() -> list[str]:
+            self.fs.invalidate_cache(target)
+            try:
+                entries = self.fs.ls(target, detail=True)
+            except FileNotFoundError:
+                return []
+            return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+
+        return self._call("list", rel, ls)
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Write a whole object; readers see the old one or the new one, never a part."""
+        if self.is_local:
+            self._local_write(rel, data, exclusive=False)
+        else:
+            self._call("write", rel, self.fs.pipe_file, self.path(rel), data)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` only if absent. True if we created it, False if it already existed."""
+        if self.is_local:
+            return self._local_write(rel, data, exclusive=True)
+        try:
+            self._call("create", rel, self.fs.pipe_file, self.path(rel), data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except StorageError as e:
+            if "PreconditionFailed" in str(e.__cause__) or "412" in str(e.__cause__):
+                return False
+            raise
+
+    def delete(self, rel: str) -> None:
+        try:
+            self._call("delete", rel, self.fs.rm_file, self.path(rel))
+        except FileNotFoundError:
+            pass
+
+    def makedirs(self, rel: str) -> None:
+        if self.is_local:
+            os.makedirs(self.path(rel), exist_ok=True)
+
+    def _local_write(self, rel: str, data: bytes, *, exclusive: bool) -> bool:
+        final = self.path(rel)
+        folder = os.path.dirname(final)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if exclusive:
+                try:
+                    os.link(tmp, final)  # fails if `final` exists: create-if-absent, atomically
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(folder)
+            return True
+        except PermissionError as e:
+            raise StorageError(f"permission denied writing {final}", fix="choose a writable output.path") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

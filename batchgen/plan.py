@@ -1,0 +1,126 @@
+"""What work exists and who does it: shard discovery, work units, deterministic rank assignment.
+
+A work unit is a row range of one shard, cut at row-group boundaries, so a huge shard can be
+shared by several engines while small shards stay whole. Unit keys are derived from the shard's
+path relative to the input root and the first row, so they survive moving the input (local -> S3).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import pyarrow.parquet as pq
+
+from batchgen.errors import InputError, SpecError
+from batchgen.io.store import open_fs
+from batchgen.spec import InputSpec
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    key: str
+    shard: str
+    row_start: int
+    row_end: int
+    row_groups: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.row_end - self.row_start
+
+
+def discover_shards(spec: InputSpec) -> list[str]:
+    """Every input file the spec names, as fsspec paths, sorted; an error if there are none."""
+    fs, _ = open_fs(_first(spec.path), spec.storage)
+    patterns = spec.path if isinstance(spec.path, list) else [spec.path]
+    suffix = ".jsonl" if spec.format == "openai_batch" else ".parquet"
+    found: list[str] = []
+    for pattern in patterns:
+        _, path = open_fs(pattern, spec.storage)
+        try:
+            if globlib.has_magic(path):
+                hits = [p for p in fs.glob(path) if fs.isfile(p)]
+            elif fs.isdir(path):
+                hits = [p for p in fs.find(path) if p.endswith(suffix) and not posixpath.basename(p).startswith((".", "_"))]
+            elif fs.exists(path):
+                hits = [path]
+            else:
+                hits = []
+        except PermissionError as e:
+            raise InputError(f"access denied listing {pattern}", where="input.path", fix="check the credentials and input.storage") from e
+        except OSError as e:
+            raise InputError(f"cannot list {pattern}: {e}", where="input.path") from e
+        if not hits:
+            raise InputError(f"no {suffix} files match {pattern}", where="input.path",
+                             fix="check the path; directories are searched recursively, globs like data/*.parquet work")
+        found += hits
+    return sorted(dict.fromkeys(found))
+
+
+def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
+    """Cut shards into units of about `spec.unit_rows` rows, at row-group boundaries."""
+    fs, _ = open_fs(_first(spec.path), spec.storage)
+    root = _common_root(shards)
+    units: list[Unit] = []
+    for shard in shards:
+        name = _unit_name(shard, root)
+        if spec.format != "parquet":
+            units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=-1, row_groups=()))
+            continue
+        try:
+            with fs.open(shard, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is not usable Parquet
+            raise InputError(f"cannot read Parquet footer: {e}", where=shard, fix="is it a Parquet file? rewrite it with pyarrow/polars") from e
+        start, groups, count = 0, [], 0
+        for rg in range(meta.num_row_groups):
+            groups.append(rg)
+            count += meta.row_group(rg).num_rows
+            if count >= spec.unit_rows or rg == meta.num_row_groups - 1:
+                units.append(Unit(key=f"{name}@{start}", shard=shard, row_start=start, row_end=start + count, row_groups=tuple(groups)))
+                start, groups, count = start + count, [], 0
+    return units
+
+
+def assign(units: Sequence[Unit], rank: int, world_size: int) -> list[Unit]:
+    """This rank's share: sorted(units)[rank::world_size], deterministic with no coordinator."""
+    if not 0 <= rank < world_size:
+        raise SpecError(f"rank {rank} is outside 0..{world_size - 1}", fix="pass --rank in [0, --world-size)")
+    return sorted(units)[rank::world_size]
+
+
+def rank_from_environment(env: Mapping[str, str]) -> tuple[int, int, str]:
+    """(rank, world_size, source) from a scheduler's variables: SLURM arrays or tasks, k8s Indexed Jobs."""
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM array"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), "SLURM tasks"
+    if "JOB_COMPLETION_INDEX" in env:
+        world = env.get("BATCHGEN_WORLD_SIZE") or env.get("JOB_COMPLETIONS")
+        if not world:
+            raise SpecError("JOB_COMPLETION_INDEX is set but not the world size",
+                            fix="set env BATCHGEN_WORLD_SIZE to the Job's completions (see examples/k8s)")
+        return int(env["JOB_COMPLETION_INDEX"]), int(world), "Kubernetes Indexed Job"
+    return 0, 1, "single process"
+
+
+def _first(path: str | list[str]) -> str:
+    return path[0] if isinstance(path, list) else path
+
+
+def _common_root(shards: Sequence[str]) -> str:
+    if len(shards) == 1:
+        return posixpath.dirname(shards[0])
+    return posixpath.commonpath(shards) if all(s.startswith("/") for s in shards) else os.path.commonpath(shards)
+
+
+def _unit_name(shard: str, root: str) -> str:
+    rel = posixpath.relpath(shard, root) if root else shard
+    rel = re.sub(r"\.(parquet|jsonl)$", "", rel)
+    return re.sub(r"[^A-Za-z0-9._=-]+", "~", rel)

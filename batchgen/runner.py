@@ -1,0 +1,245 @@
+"""The loop that joins reader, engine and committer for one worker; signals; progress.
+
+    prepare()  everything that can fail without an engine: inputs, columns, output, resume state
+    run()      start the engine, feed it continuously, commit parts, summarize
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest
+from batchgen.committer import Committer, PartSink
+from batchgen.engine import Engine, start_engine
+from batchgen.errors import Interrupted
+from batchgen.feeder import Feeder
+from batchgen.io.parts import OutputRow, output_schema
+from batchgen.io.reader import ROW_INDEX, check_columns
+from batchgen.io.store import Store
+from batchgen.jobfile import fingerprint
+from batchgen.plan import Unit, assign, discover_shards, plan_units
+from batchgen.progress import Progress
+from batchgen.prompts import Renderer, Request
+from batchgen.spec import JobSpec
+from batchgen.stats import Summary
+from batchgen.tokenizer import load_tokenizer
+
+log = logging.getLogger("batchgen")
+
+
+@dataclass
+class RunOptions:
+    rank: int = 0
+    world_size: int = 1
+    worker: str = "w0"
+    force: bool = False
+    engine_factory: Callable[[JobSpec], Engine] = start_engine
+    # Unit filter for engines sharing a node (set by the node supervisor); None = this rank's share.
+    units: list[str] | None = None
+
+
+@dataclass
+class Prepared:
+    all_units: list[Unit]
+    units: list[Unit]
+    store: Store
+    ledger: Ledger
+    sink: PartSink
+    tokenizer: object
+    skipped: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, spec: JobSpec, opts: RunOptions | None = None):
+        self.spec, self.opts = spec, opts or RunOptions()
+        self._stop_deadline: float | None = None
+        self._hard_stop = False
+
+    # -- before the engine ---------------------------------------------------------------------
+    def prepare(self) -> Prepared:
+        spec = self.spec
+        shards = discover_shards(spec.input)
+        schema = None
+        for shard in shards:
+            schema = check_columns(spec.input, shard, spec.input_columns())
+        all_units = plan_units(spec.input, shards)
+        mine = assign(all_units, self.opts.rank, self.opts.world_size)
+        if self.opts.units is not None:
+            wanted = set(self.opts.units)
+            mine = [u for u in mine if u.key in wanted]
+        store = Store.open(spec.output.path, spec.output.storage)
+        check_job_manifest(store, spec, self.opts.force)
+        ledger = Ledger(store, mine)
+        ledger.load()
+        tokenizer = load_tokenizer(spec.model)
+        sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
+                        compression=spec.output.compression, worker=self.opts.worker, job_fingerprint=fingerprint(spec)[0])
+        total = sum(u.rows for u in mine)
+        return Prepared(all_units=all_units, units=mine, store=store, ledger=ledger, sink=sink,
+                        tokenizer=tokenizer, skipped=total - ledger.remaining())
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, prep: Prepared | None = None) -> Summary:
+        t_start = time.monotonic()
+        prep = prep or self.prepare()
+        spec = self.spec
+        summary = Summary(job=spec.name or "job", worker=self.opts.worker, model=spec.model.path, engine=spec.runtime.engine,
+                          engine_version="-", device="-", units=len(prep.units),
+                          rows_total=sum(u.rows for u in prep.units), rows_skipped=prep.skipped)
+        if prep.ledger.remaining() == 0:
+            summary.complete = self._mark_complete_if_done(prep, summary)
+            summary.wall_seconds = time.monotonic() - t_start
+            return summary
+
+        engine = self.opts.engine_factory(spec)
+        summary.engine_version, summary.device = engine.info.version, engine.info.device
+        summary.engine_start_seconds = engine.info.start_seconds
+        renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens)
+        feeder = Feeder(spec, prep.units, prep.ledger.done_mask, renderer,
+                        [*spec.input_columns()])
+        committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
+        progress = Progress(spec.runtime.progress, prep.ledger.remaining(), spec.name or "batchgen", spec.runtime.progress_seconds)
+        window = spec.runtime.window or (2 * engine.info.max_num_seqs if engine.info.max_num_seqs else 64)
+        old_handlers = self._install_signals()
+        t_gen = time.monotonic()
+        try:
+            feeder.start()
+            self._loop(engine, feeder, committer, progress, window)
+        finally:
+            self._restore_signals(old_handlers)
+            feeder.stop()
+            summary.generate_seconds = time.monotonic() - t_gen
+            progress.close()
+            engine.close()
+            try:
+                committer.close()
+            finally:
+                summary.counters = committer.committed
+                summary.upload_retries = prep.store.retry.retried
+                summary.upload_wait_seconds = committer.wait_seconds
+                summary.wall_seconds = time.monotonic() - t_start
+                summary.interrupted = self._stop_deadline is not None
+                self._save_summary(prep.store, summary)
+        if summary.interrupted:
+            raise Interrupted(f"stopped on a signal after committing {summary.counters.rows} rows this run",
+                              fix="rerun the same command to resume")
+        summary.complete = self._mark_complete_if_done(prep, summary)
+        return summary
+
+    def _loop(self, engine: Engine, feeder: Feeder, committer: Committer, progress: Progress, window: int) -> None:
+        spec = self.spec
+        pending: deque[Request] = deque()
+        inflight: dict[str, Request] = {}
+        finished: dict[str, list[OutputRow]] = {}
+        n_finished, last_commit = 0, time.monotonic()
+
+        def finish(rows: list[OutputRow], unit_of: list[str]) -> None:
+            nonlocal n_finished
+            for row, unit in zip(rows, unit_of):
+                finished.setdefault(unit, []).append(row)
+            n_finished += len(rows)
+            note = f", uploads behind ({committer.backlog} queued)" if committer.backlog >= spec.checkpoint.upload_queue else ""
+            progress.update(len(rows), sum(sum(r.output_tokens) for r in rows), sum(r.error is not None for r in rows), note)
+
+        while True:
+            stopping = self._stop_deadline is not None
+            # 1) Top up the window: new requests go in while the engine is mid-flight.
+            while not stopping and engine.in_flight() < window:
+                if not pending:
+                    chunk = feeder.get(timeout=None if engine.in_flight() else 0.05)
+                    if chunk is None:
+                        break
+                    pending.extend(chunk)
+                req = pending.popleft()
+                error = req.error or engine.add(req)
+                if error:
+                    finish([_error_row(req, error)], [req.unit])
+                else:
+                    inflight[req.key] = req
+            # 2) One engine step; collect what finished in it.
+            if engine.in_flight():
+                done = engine.step()
+                finish([_output_row(inflight.pop(c.key), c) for c in done], [c.key.rsplit("#", 1)[0] for c in done])
+            elif not stopping and (pending or not feeder.finished):
+                pass  # waiting for the reader (it blocks in feeder.get above with a short timeout)
+            else:
+                break
+            # 3) Stop early on a signal once in-flight rows are done or the grace period is over.
+            if stopping and (self._hard_stop or time.monotonic() >= self._stop_deadline):
+                aborted = engine.abort_all()
+                log.warning("grace period over: %d in-flight rows dropped (they will be redone on resume)", len(aborted))
+                break
+            # 4) Checkpoint every N rows or T seconds.
+            if n_finished >= spec.checkpoint.every_rows or (finished and time.monotonic() - last_commit >= spec.checkpoint.every_seconds):
+                self._flush(finished, committer)
+                n_finished, last_commit = 0, time.monotonic()
+        self._flush(finished, committer)
+
+    @staticmethod
+    def _flush(finished: dict[str, list[OutputRow]], committer: Committer) -> None:
+        for unit, rows in finished.items():
+            if rows:
+                committer.submit(unit, rows)
+        finished.clear()
+
+    # -- signals -------------------------------------------------------------------------------
+    def _install_signals(self) -> dict:
+        def handler(signum: int, _frame: object) -> None:
+            name = signal.Signals(signum).name
+            if self._stop_deadline is None:
+                grace = self.spec.runtime.grace_seconds
+                self._stop_deadline = time.monotonic() + grace
+                log.warning("%s: no new rows; finishing in-flight rows for up to %.0fs, then committing. "
+                            "Send it again to commit what is finished and exit at once.", name, grace)
+            else:
+                self._hard_stop = True
+                log.warning("%s again: committing finished rows and exiting now", name)
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. embedded use): the caller handles signals
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    # -- after ---------------------------------------------------------------------------------
+    def _save_summary(self, store: Store, summary: Summary) -> None:
+        store.put(f"{META}/summary-{summary.worker}.json", json.dumps(summary.as_dict(), indent=1).encode())
+
+    def _mark_complete_if_done(self, prep: Prepared, summary: Summary) -> bool:
+        """Write the completion record once every unit of the whole job (all ranks) is committed."""
+        everyone = Ledger(prep.store, prep.all_units)
+        everyone.load()
+        if not everyone.complete():
+            return False
+        record = {"complete": True, "units": len(prep.all_units), "rows": sum(u.rows for u in prep.all_units),
+                  "job": prep.sink.job_fingerprint, "finished_at": time.time(), "by": summary.worker}
+        prep.store.put(SUCCESS, json.dumps(record, indent=1).encode())
+        return True
+
+
+def _output_row(req: Request, c) -> OutputRow:
+    return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
+                     output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
+                     error=c.error, passthrough=req.passthrough)
+
+
+def _error_row(req: Request, error: str) -> OutputRow:
+    return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, prompt_tokens=len(req.token_ids),
+                     error=error, passthrough=req.passthrough)
+
+
+__all__ = ["Runner", "RunOptions", "Prepared", "ROW_INDEX"]
