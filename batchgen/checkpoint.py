@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import OutputError
+from batchgen.errors import OutputError, StorageError, StorageUnavailable
 from batchgen.io.store import Store
 from batchgen.jobfile import diff_fields, fingerprint
 from batchgen.plan import Unit
@@ -50,7 +50,20 @@ def parse_part(name: str) -> tuple[str, int] | None:
 
 
 def check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
-    """Refuse to resume into output written with settings that change results, unless forced."""
+    """Refuse to resume into output written with settings that change results, unless forced.
+
+    Also the job's first write: a missing bucket or denied access fails here, before the engine starts,
+    as a bad job (exit 2). A store that is only unreachable stays StorageUnavailable (exit 75, rerun).
+    """
+    try:
+        _check_job_manifest(store, spec, force)
+    except StorageUnavailable:
+        raise
+    except StorageError as e:
+        raise OutputError(e.message, where=e.where, fix=e.fix) from e
+
+
+def _check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
     digest, fields = fingerprint(spec)
     rel = f"{META}/job.json"
     try:
@@ -98,13 +111,14 @@ class Ledger:
             for seq in sorted(seqs):
                 self._absorb(key, seq)
 
-    def _absorb(self, key: str, seq: int) -> None:
+    def _absorb(self, key: str, seq: int) -> bytes:
         state = self.units[key]
         data = self.store.read_bytes(f"{PARTS}/{part_name(key, seq)}")
         rows = pq.read_table(io.BytesIO(data), columns=["row_index"]).column(0).to_numpy()
         with self.lock:
             state.done[rows - state.unit.row_start] = True
             state.next_seq = max(state.next_seq, seq + 1)
+        return data
 
     def done_mask(self, key: str) -> np.ndarray:
         with self.lock:
@@ -126,13 +140,16 @@ class Ledger:
                 fresh = [r for r in rows if not state.done[row_index(r) - state.unit.row_start]]
             if not fresh:
                 return None
-            if self.store.create_exclusive(f"{PARTS}/{part_name(key, seq)}", encode(fresh, seq)):
+            payload = encode(fresh, seq)
+            if self.store.create_exclusive(f"{PARTS}/{part_name(key, seq)}", payload):
                 with self.lock:
                     state.done[[row_index(r) - state.unit.row_start for r in fresh]] = True
                     state.next_seq = seq + 1
                 return seq, fresh
+            if self._absorb(key, seq) == payload:
+                # Our own earlier attempt landed but its response was lost, and the retried PUT got 412.
+                return seq, fresh
             log.warning("part %s of unit %s was written by another worker; merging and retrying", seq, key)
-            self._absorb(key, seq)
 
 
 def read_parts(store: Store, columns: list[str] | None = None) -> pa.Table | None:

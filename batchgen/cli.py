@@ -51,6 +51,9 @@ def _fail(err: BatchgenError) -> None:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="[batchgen] %(levelname)s %(message)s")
+    # Their debug logs echo signed request headers and credential sources; batchgen logs what matters.
+    for name in ("botocore", "aiobotocore", "boto3", "s3fs", "fsspec", "urllib3", "aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -82,7 +85,8 @@ def run(
     """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
 
     Exit codes: 0 done (error rows are data, counted in the summary); 1 failed; 2 bad job (nothing started);
-    75 interrupted by SIGTERM/SIGINT after committing finished rows: rerun to resume.
+    75 interrupted by SIGTERM/SIGINT, or the object store stayed unreachable through every retry, after
+    committing finished rows: rerun to resume.
     """
     from batchgen.runner import Runner, RunOptions
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -13,6 +14,12 @@ import pyarrow as pa
 from batchgen.checkpoint import STATS, Ledger, part_name
 from batchgen.io.parts import OutputRow, build_table, to_parquet_bytes
 from batchgen.stats import Counters, part_stats_bytes
+
+log = logging.getLogger("batchgen")
+# An upload running longer than this with parts queued behind it counts as "behind" in progress.
+SLOW_UPLOAD_SECONDS = 5.0
+# While generation is held back by a full queue, say so this often (the progress bar is frozen then).
+HELD_BACK_LOG_SECONDS = 10.0
 
 
 @dataclass
@@ -31,10 +38,13 @@ class Committer:
     def __init__(self, ledger: Ledger, sink: PartSink, max_queue: int):
         self.ledger, self.sink = ledger, sink
         self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._busy_since: float | None = None  # start of the upload in progress
         self._error: BaseException | None = None
         self.committed = Counters()
         self.parts = 0
         self.wait_seconds = 0.0  # time generation was held back because uploads fell behind
+        self._last_warning = float("-inf")
         self._last = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="batchgen-commit", daemon=True)
         self._thread.start()
@@ -43,10 +53,44 @@ class Committer:
     def backlog(self) -> int:
         return self._q.qsize()
 
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def behind(self) -> bool:
+        """Uploads lag generation: the queue is full, or parts wait behind a slow (e.g. retrying) upload."""
+        busy = self._busy_since
+        slow = busy is not None and time.monotonic() - busy > SLOW_UPLOAD_SECONDS
+        return self.backlog >= self.max_queue or (self.backlog > 0 and slow)
+
+    def note(self) -> str:
+        """A progress suffix while uploads lag, empty otherwise."""
+        if not self.behind:
+            return ""
+        return f", uploads behind ({self.backlog} queued, {self.ledger.store.retry.retried} storage retries)"
+
     def submit(self, unit: str, rows: list[OutputRow]) -> None:
+        """Queue a part; blocks (holding generation back) while the queue is full, and says so."""
         self.raise_if_failed()
+        try:
+            self._q.put_nowait((unit, rows))
+            return
+        except queue.Full:
+            pass
         t0 = time.monotonic()
-        self._q.put((unit, rows))
+        while True:
+            # The progress bar is frozen while we wait: a log line says why (at most every HELD_BACK_LOG_SECONDS).
+            now = time.monotonic()
+            if now - self._last_warning >= HELD_BACK_LOG_SECONDS:
+                self._last_warning = now
+                log.warning("uploads behind: generation waits for %d queued parts (%.0fs so far, %d storage retries)",
+                            self.backlog, now - t0, self.ledger.store.retry.retried)
+            try:
+                self._q.put((unit, rows), timeout=HELD_BACK_LOG_SECONDS)
+                break
+            except queue.Full:
+                self.raise_if_failed()
         self.wait_seconds += time.monotonic() - t0
 
     def close(self) -> None:
@@ -66,10 +110,13 @@ class Committer:
                 return
             if self._error is not None:
                 continue  # drain: nothing more is committed after a failure
+            self._busy_since = time.monotonic()
             try:
                 self._commit(*item)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 self._error = e
+            finally:
+                self._busy_since = None
 
     def _commit(self, unit: str, rows: list[OutputRow]) -> None:
         s = self.sink

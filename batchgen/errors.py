@@ -51,6 +51,16 @@ class StorageError(BatchgenError):
     exit_code = EXIT_FAILED
 
 
+class StorageUnavailable(StorageError):
+    """The store kept failing with transient errors (5xx, throttling, resets, timeouts) through every retry.
+
+    Committed parts are whole objects, so nothing committed is at risk: this is "try again later"
+    (exit 75), and rerunning the same command resumes.
+    """
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class Interrupted(BatchgenError):
     """The job stopped on a signal after committing what was finished; rerun to resume."""
 

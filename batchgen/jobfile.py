@@ -109,7 +109,8 @@ def _describe(err: ValidationError) -> str:
         else:
             msg = item["msg"].removeprefix("Value error, ")
             got = item.get("input")
-            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            secret = item["loc"][-1:] == ("secret",)  # a mistyped secret key must not be echoed to logs
+            shown = "" if isinstance(got, (dict, list)) or got is None or secret else f" (got {got!r})"
             lines.append(f"{loc or 'job'}: {msg}{shown}")
     return "invalid job file:\n  " + "\n  ".join(lines)
 

@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 import pyarrow.parquet as pq
 
-from batchgen.errors import InputError, SpecError
+from batchgen.errors import InputError, SpecError, StorageUnavailable
+from batchgen.io.retry import RetryPolicy, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.spec import InputSpec
 
@@ -40,17 +41,11 @@ def discover_shards(spec: InputSpec) -> list[str]:
     patterns = spec.path if isinstance(spec.path, list) else [spec.path]
     suffix = ".jsonl" if spec.format == "openai_batch" else ".parquet"
     found: list[str] = []
+    policy = RetryPolicy.from_spec(spec.storage)
     for pattern in patterns:
         _, path = open_fs(pattern, spec.storage)
         try:
-            if globlib.has_magic(path):
-                hits = [p for p in fs.glob(path) if fs.isfile(p)]
-            elif fs.isdir(path):
-                hits = [p for p in fs.find(path) if p.endswith(suffix) and not posixpath.basename(p).startswith((".", "_"))]
-            elif fs.exists(path):
-                hits = [path]
-            else:
-                hits = []
+            hits = retry_transient(policy, f"list {pattern}", _matches, fs, path, suffix)
         except PermissionError as e:
             raise InputError(f"access denied listing {pattern}", where="input.path", fix="check the credentials and input.storage") from e
         except OSError as e:
@@ -62,9 +57,18 @@ def discover_shards(spec: InputSpec) -> list[str]:
     return sorted(dict.fromkeys(found))
 
 
+def _matches(fs, path: str, suffix: str) -> list[str]:
+    if globlib.has_magic(path):
+        return [p for p in fs.glob(path) if fs.isfile(p)]
+    if fs.isdir(path):
+        return [p for p in fs.find(path) if p.endswith(suffix) and not posixpath.basename(p).startswith((".", "_"))]
+    return [path] if fs.exists(path) else []
+
+
 def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
     """Cut shards into units of about `spec.unit_rows` rows, at row-group boundaries."""
     fs, _ = open_fs(_first(spec.path), spec.storage)
+    policy = RetryPolicy.from_spec(spec.storage)
     root = _common_root(shards)
     units: list[Unit] = []
     for shard in shards:
@@ -73,8 +77,9 @@ def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
             units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=-1, row_groups=()))
             continue
         try:
-            with fs.open(shard, "rb") as f:
-                meta = pq.ParquetFile(f).metadata
+            meta = retry_transient(policy, f"read the footer of {shard}", _footer, fs, shard)
+        except StorageUnavailable:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure here means the file is not usable Parquet
             raise InputError(f"cannot read Parquet footer: {e}", where=shard, fix="is it a Parquet file? rewrite it with pyarrow/polars") from e
         start, groups, count = 0, [], 0
@@ -85,6 +90,11 @@ def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
                 units.append(Unit(key=f"{name}@{start}", shard=shard, row_start=start, row_end=start + count, row_groups=tuple(groups)))
                 start, groups, count = start + count, [], 0
     return units
+
+
+def _footer(fs, shard: str) -> pq.FileMetaData:
+    with fs.open(shard, "rb") as f:
+        return pq.ParquetFile(f).metadata
 
 
 def assign(units: Sequence[Unit], rank: int, world_size: int) -> list[Unit]:

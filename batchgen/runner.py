@@ -126,7 +126,8 @@ class Runner:
                 summary.upload_wait_seconds = committer.wait_seconds
                 summary.wall_seconds = time.monotonic() - t_start
                 summary.interrupted = self._stop_deadline is not None
-                self._save_summary(prep.store, summary)
+                if not committer.failed:  # a store that just failed would only fail this write too, after more retries
+                    self._save_summary(prep.store, summary)
         if summary.interrupted:
             raise Interrupted(f"stopped on a signal after committing {summary.counters.rows} rows this run",
                               fix="rerun the same command to resume")
@@ -145,8 +146,7 @@ class Runner:
             for row, unit in zip(rows, unit_of):
                 finished.setdefault(unit, []).append(row)
             n_finished += len(rows)
-            note = f", uploads behind ({committer.backlog} queued)" if committer.backlog >= spec.checkpoint.upload_queue else ""
-            progress.update(len(rows), sum(sum(r.output_tokens) for r in rows), sum(r.error is not None for r in rows), note)
+            progress.update(len(rows), sum(sum(r.output_tokens) for r in rows), sum(r.error is not None for r in rows), committer.note())
 
         while True:
             stopping = self._stop_deadline is not None

@@ -91,6 +91,7 @@ class Summary:
             f"  rows      {d['rows']} generated this run, {d['errors']} errors, {self.rows_skipped} already committed, {self.rows_total} in this share",
             f"  tokens    prompt {d['prompt_tokens']}, cached {d['cached_tokens']} (hit rate {d['cache_hit_rate']:.1%}), output {d['output_tokens']}",
             f"  speed     {d['rows_per_second']} rows/s, {d['output_tokens_per_second']} output tok/s over {self.generate_seconds:.1f}s",
-            f"  time      wall {self.wall_seconds:.1f}s, engine start {self.engine_start_seconds:.1f}s, waiting on uploads {self.upload_wait_seconds:.1f}s",
+            f"  time      wall {self.wall_seconds:.1f}s, engine start {self.engine_start_seconds:.1f}s, waiting on uploads {self.upload_wait_seconds:.1f}s"
+            f" ({self.upload_retries} storage retries)",
             f"  engine    {self.engine} {self.engine_version} on {self.device}; model {self.model}",
         ]

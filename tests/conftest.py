@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from batchgen.tinymodel import ensure_tiny_model
+from tests.s3server import s3, s3_server  # noqa: F401 - the loopback S3 server fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

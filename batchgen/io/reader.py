@@ -1,4 +1,9 @@
-"""Streaming reads of one work unit: projected columns, one record batch at a time."""
+"""Streaming reads of one work unit: projected columns, one record batch at a time.
+
+Object stores fail transiently mid-stream; a Parquet read then reopens the shard and resumes after
+the last row it yielded (bounded by the input's retry policy), so a blip in S3 costs a few requests,
+not the run.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import InputError
+from batchgen.io.retry import RetryPolicy, is_transient, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.plan import Unit
 from batchgen.spec import InputSpec
@@ -19,8 +25,7 @@ ROW_INDEX = "row_index"
 def check_columns(spec: InputSpec, shard: str, needed: Sequence[str]) -> pa.Schema:
     """Fail before the engine starts if a shard lacks a column the job reads."""
     fs, _ = open_fs(_url_of(spec), spec.storage)
-    with fs.open(shard, "rb") as f:
-        schema = pq.ParquetFile(f).schema_arrow
+    schema = retry_transient(RetryPolicy.from_spec(spec.storage), f"read the schema of {shard}", _schema, fs, shard)
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise InputError(
@@ -37,19 +42,56 @@ def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndar
     `done` is a bool array over the unit's rows (True = already committed).
     """
     fs, _ = open_fs(_url_of(spec), spec.storage)
-    with fs.open(unit.shard, "rb") as f:
-        pf = pq.ParquetFile(f)
-        row = unit.row_start
-        for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(unit.row_groups), columns=list(columns)):
-            idx = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
-            batch = batch.append_column(ROW_INDEX, idx)
-            if done is not None:
-                keep = ~done[row - unit.row_start: row - unit.row_start + batch.num_rows]
-                if not keep.all():
-                    batch = batch.filter(pa.array(keep))
-            row += len(idx)
-            if batch.num_rows:
-                yield batch
+    row = unit.row_start
+    for batch in _parquet_batches(fs, spec, unit, columns):
+        idx = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
+        batch = batch.append_column(ROW_INDEX, idx)
+        if done is not None:
+            keep = ~done[row - unit.row_start: row - unit.row_start + batch.num_rows]
+            if not keep.all():
+                batch = batch.filter(pa.array(keep))
+        row += len(idx)
+        if batch.num_rows:
+            yield batch
+
+
+def _parquet_batches(fs, spec: InputSpec, unit: Unit, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded."""
+    policy = RetryPolicy.from_spec(spec.storage)
+    sent, failures = 0, 0
+    while True:
+        try:
+            with fs.open(unit.shard, "rb") as f:
+                pf = pq.ParquetFile(f)
+                groups, skip = _resume_point(pf.metadata, unit.row_groups, sent)
+                for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups, columns=list(columns)):
+                    if skip:
+                        batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                    if batch.num_rows:
+                        sent += batch.num_rows
+                        failures = 0  # progress made: the attempt budget is per stall, not per unit
+                        yield batch
+            return
+        except Exception as e:  # noqa: BLE001 - only transient errors are retried
+            if not is_transient(e):
+                raise
+            policy.backoff(f"read {unit.shard} (row {unit.row_start + sent})", e, failures)
+            failures += 1
+
+
+def _resume_point(meta: pq.FileMetaData, groups: Sequence[int], sent: int) -> tuple[list[int], int]:
+    """Row groups still to read after `sent` rows of `groups`, and how many rows of the first to skip."""
+    for i, rg in enumerate(groups):
+        rows = meta.row_group(rg).num_rows
+        if sent < rows:
+            return list(groups[i:]), sent
+        sent -= rows
+    return [], 0
+
+
+def _schema(fs, shard: str) -> pa.Schema:
+    with fs.open(shard, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow
 
 
 def _url_of(spec: InputSpec) -> str:

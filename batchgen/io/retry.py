@@ -1,25 +1,48 @@
-"""Bounded retries with exponential backoff and full jitter, for transient storage errors only."""
+"""Bounded retries with exponential backoff and full jitter, for transient storage errors only.
+
+Errors are classified by what the store said (the S3 error code and HTTP status behind s3fs's
+translated exception), not by the exception's text alone: s3fs turns a 500 into
+`OSError(EREMOTEIO, "We encountered an internal error...")` and a 412 into `OSError(EINVAL, ...)`.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from batchgen.errors import StorageError
+from batchgen.errors import StorageError, StorageUnavailable
+from batchgen.io.redact import redact
 from batchgen.spec import StorageSpec
 
 log = logging.getLogger("batchgen.io")
 T = TypeVar("T")
 
-# Words in an error that mean "try again": 5xx, throttling, resets, timeouts.
-_TRANSIENT_MARKERS = (
-    "SlowDown", "Throttl", "RequestTimeout", "ServiceUnavailable", "InternalError", "500", "502", "503", "504",
-    "Connection", "connection", "Timeout", "timed out", "reset", "EndpointConnectionError", "ServerDisconnected",
-    "Could not connect", "Broken pipe",
-)
+# S3 error codes that mean "try again" (AWS documents these as retryable; 409 ConditionalRequestConflict
+# is a conditional write racing another one: retrying gives a clear 412 or success).
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
+    "BandwidthLimitExceeded", "PriorRequestNotComplete", "ConditionalRequestConflict",
+})
+_DENIED_CODES = frozenset({
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "AccountProblem", "InvalidSecurity", "RequestTimeTooSkewed",
+})
+# Network-level failures, by class name so no HTTP library must be imported to recognise them
+# (botocore, aiohttp, fsspec, http.client).
+_TRANSIENT_TYPES = frozenset({
+    "ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ConnectionClosedError", "HTTPClientError", "ClientConnectionError", "ClientConnectorError",
+    "ServerDisconnectedError", "ClientPayloadError", "FSTimeoutError", "IncompleteRead", "ResponseParserError",
+})
+# Text of errors from other fsspec back ends that carry no S3 error code.
+_TRANSIENT_TEXT = ("SlowDown", "Throttl", "ServiceUnavailable", "InternalError", "Connection reset",
+                   "connection reset", "timed out", "Timeout", "Broken pipe", "Could not connect")
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 @dataclass
@@ -28,49 +51,108 @@ class RetryPolicy:
     base: float = 0.5
     cap: float = 20.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    # Strings scrubbed from every message this policy writes (the configured secret key).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
     # Observed retries, for stats ("uploads were slow"): a plain counter, not a global.
     retried: int = 0
 
     @classmethod
     def from_spec(cls, spec: StorageSpec) -> RetryPolicy:
-        return cls(attempts=max(1, spec.retries), base=spec.retry_base_seconds, cap=spec.retry_max_seconds)
+        secrets = (spec.secret.get_secret_value(),) if spec.secret is not None else ()
+        return cls(attempts=max(1, spec.retries), base=spec.retry_base_seconds, cap=spec.retry_max_seconds, secrets=secrets)
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.cap, self.base * 2**attempt))
 
+    def clean(self, exc: BaseException) -> str:
+        """One line, no credentials (botocore messages can echo request details)."""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return redact(text[:300], self.secrets)
+
+    def backoff(self, what: str, exc: BaseException, attempt: int) -> None:
+        """Sleep before retry `attempt + 1`, or raise StorageUnavailable if that was the last one."""
+        if attempt + 1 >= self.attempts:
+            raise StorageUnavailable(
+                f"gave up after {self.attempts} attempts to {redact(what, self.secrets)}: {self.clean(exc)}",
+                fix="committed parts are safe: rerun the same command to resume once the store is reachable "
+                    "(if it persists, check storage.endpoint_url, storage.region and the network)",
+            ) from exc
+        self.retried += 1
+        delay = self.delay(attempt)
+        log.warning("transient error on %s (%s); retry %d/%d in %.1fs",
+                    redact(what, self.secrets), self.clean(exc), attempt + 1, self.attempts - 1, delay)
+        self.sleep(delay)
+
+
+def error_code(exc: BaseException) -> tuple[str, int]:
+    """(S3 error code, HTTP status) of the response behind `exc`, or ("", 0) if there was none."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return str(response["Error"].get("Code", "")), int(status)
+        e = e.__cause__ or e.__context__
+    return "", 0
+
+
+def is_missing_bucket(exc: BaseException) -> bool:
+    return error_code(exc)[0] == "NoSuchBucket" or "bucket does not exist" in str(exc)
+
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (PermissionError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+    code, status = error_code(exc)
+    if code or status:
+        return code in _TRANSIENT_CODES or status >= 500 or status in (408, 429)
+    if isinstance(exc, _FILE_ERRORS):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
+    if any(t.__name__ in _TRANSIENT_TYPES for t in type(exc).__mro__):
         return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
+    return any(m in f"{type(exc).__name__} {exc}" for m in _TRANSIENT_TEXT)
 
 
-def with_retries(policy: RetryPolicy, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
-    """Call `fn`; retry transient errors; turn permanent ones into a StorageError naming `what`."""
+def retry_transient(policy: RetryPolicy, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call `fn`, retrying transient errors with backoff; any other error propagates unchanged."""
     for attempt in range(policy.attempts):
         try:
             return fn(*args, **kwargs)
-        except (FileNotFoundError, FileExistsError):
-            raise  # callers give these a meaning (absent, already created)
-        except PermissionError as e:
-            raise StorageError(f"access denied: {what}", fix="check the credentials, the bucket policy and storage.profile/key") from e
         except Exception as e:  # noqa: BLE001 - classified just below
             if not is_transient(e):
-                raise StorageError(f"failed to {what}: {_clean(e)}") from e
-            if attempt + 1 == policy.attempts:
-                raise StorageError(f"gave up after {policy.attempts} attempts to {what}: {_clean(e)}",
-                                   fix="the store kept failing; rerun the same command to resume") from e
-            policy.retried += 1
-            delay = policy.delay(attempt)
-            log.warning("transient error on %s (%s); retry %d/%d in %.1fs", what, _clean(e), attempt + 1, policy.attempts - 1, delay)
-            policy.sleep(delay)
+                raise
+            policy.backoff(what, e, attempt)
     raise AssertionError("unreachable")
 
 
-def _clean(exc: BaseException) -> str:
-    """One line, no request signatures or credentials (botocore messages can echo headers)."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+def with_retries(policy: RetryPolicy, what: str, fn: Callable[..., T], *args, **kwargs) -> T:
+    """Call `fn`; retry transient errors; turn permanent ones into a StorageError naming `what`.
+
+    FileNotFoundError (no such key) and FileExistsError (a conditional create lost) pass through:
+    callers give them a meaning.
+    """
+    try:
+        return retry_transient(policy, what, fn, *args, **kwargs)
+    except StorageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - mapped to what the caller can act on
+        code, status = error_code(e)
+        shown = redact(what, policy.secrets)
+        if isinstance(e, FileNotFoundError) and is_missing_bucket(e):
+            bucket = _bucket_of(what)
+            raise StorageError(f"bucket {bucket!r} does not exist: cannot {shown}",
+                               fix=f"create bucket {bucket!r}, or fix the path; check storage.endpoint_url and storage.region") from e
+        if isinstance(e, (FileNotFoundError, FileExistsError)):
+            raise
+        if code == "PreconditionFailed" or status == 412:
+            raise FileExistsError(f"already exists: {shown}") from e  # a store that answers 412 without s3fs's mapping
+        if isinstance(e, PermissionError) or code in _DENIED_CODES or status == 403:
+            raise StorageError(f"access denied ({code or status or type(e).__name__}): cannot {shown}",
+                               fix="check the credentials (storage.key/secret, storage.profile or the AWS environment) "
+                                   "and the bucket policy") from e
+        raise StorageError(f"failed to {shown}: {policy.clean(e)}") from e
+
+
+def _bucket_of(what: str) -> str:
+    m = re.search(r"[a-z0-9]+://([^/\s]+)", what)
+    return m.group(1) if m else "?"

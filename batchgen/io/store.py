@@ -18,12 +18,16 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from batchgen.errors import StorageError
-from batchgen.io.retry import RetryPolicy, with_retries
+from batchgen.io.retry import RetryPolicy, is_missing_bucket, with_retries
 from batchgen.spec import StorageSpec
 
 
-def storage_options(url: str, spec: StorageSpec) -> dict[str, Any]:
-    """fsspec options for `url`. Unset fields leave the AWS credential chain in charge."""
+def storage_options(url: str, spec: StorageSpec, client_attempts: int = 2) -> dict[str, Any]:
+    """fsspec options for `url`. Unset fields leave the AWS credential chain in charge.
+
+    `client_attempts` is botocore's own per-request attempts: 2 for streaming reads (a cheap retry of
+    one range request), 1 for Store, whose calls our policy retries, counts and bounds.
+    """
     if not url.startswith(("s3://", "s3a://")):
         return {}
     opts: dict[str, Any] = {"anon": spec.anon}
@@ -41,13 +45,13 @@ def storage_options(url: str, spec: StorageSpec) -> dict[str, Any]:
     if spec.secret is not None:
         opts["secret"] = spec.secret.get_secret_value()
     # botocore's own retries stay small: ours (with jitter and a clear final error) wrap every call.
-    opts["config_kwargs"] = {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30}
+    opts["config_kwargs"] = {"retries": {"max_attempts": client_attempts, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30}
     opts["skip_instance_cache"] = True
     return opts
 
 
-def open_fs(url: str, spec: StorageSpec) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options(url, spec))
+def open_fs(url: str, spec: StorageSpec, client_attempts: int = 2) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url, spec, client_attempts))
     return fs, path
 
 
@@ -62,7 +66,11 @@ class Store:
 
     @classmethod
     def open(cls, url: str, spec: StorageSpec) -> Store:
-        fs, root = open_fs(url, spec)
+        fs, root = open_fs(url, spec, client_attempts=1)
+        if isinstance(getattr(fs, "retries", None), int):
+            # s3fs also retries throttling in its own loop (no jitter, uncounted): commits leave every
+            # retry to our policy, so it is bounded by the spec and shows in the stats.
+            fs.retries = 1
         return cls(fs=fs, root=root.rstrip("/"), retry=RetryPolicy.from_spec(spec), url=url.rstrip("/"))
 
     @property
@@ -93,7 +101,9 @@ class Store:
             self.fs.invalidate_cache(target)
             try:
                 entries = self.fs.ls(target, detail=True)
-            except FileNotFoundError:
+            except FileNotFoundError as e:
+                if is_missing_bucket(e):
+                    raise  # not "nothing committed yet": with_retries names the bucket
                 return []
             return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
 
@@ -107,7 +117,12 @@ class Store:
             self._call("write", rel, self.fs.pipe_file, self.path(rel), data)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create `rel` only if absent. True if we created it, False if it already existed."""
+        """Create `rel` only if absent. True if we created it, False if it already existed.
+
+        On S3 this is one conditional PUT (If-None-Match: *); a 412 arrives as FileExistsError (s3fs
+        maps it, and with_retries maps a bare 412 from other stores). After a retried PUT whose first
+        response was lost, False may mean "our own earlier attempt landed": the caller checks.
+        """
         if self.is_local:
             return self._local_write(rel, data, exclusive=True)
         try:
@@ -115,10 +130,6 @@ class Store:
             return True
         except FileExistsError:
             return False
-        except StorageError as e:
-            if "PreconditionFailed" in str(e.__cause__) or "412" in str(e.__cause__):
-                return False
-            raise
 
     def delete(self, rel: str) -> None:
         try:
