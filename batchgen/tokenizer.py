@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from batchgen.errors import SpecError
@@ -12,6 +13,10 @@ def load_tokenizer(model: ModelSpec) -> Any:
     """A Hugging Face fast tokenizer for `model` (its own `tokenizer` if set)."""
     from transformers import AutoTokenizer
 
+    for key, value in (("model.path", model.path), ("model.tokenizer", model.tokenizer)):
+        if value and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().is_dir():
+            raise SpecError(f"model folder not found: {value}", where=key,
+                            fix="check the path (relative paths starting with ./ are relative to the job file), or use a Hugging Face id")
     name = model.tokenizer or model.path
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=model.trust_remote_code)

@@ -1,0 +1,162 @@
+"""Crash-resume on real processes: SIGKILL at several points, SIGTERM, then the same command resumes.
+
+One job is interrupted again and again, each time at a different point, and finally completed:
+no id missing, none twice, greedy outputs identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchgen.errors import EXIT_INTERRUPTED
+from batchgen.jobfile import validate
+from batchgen.runner import RunOptions, Runner
+from tests.conftest import ROOT, job_dict, write_job, write_shards
+
+pytestmark = pytest.mark.engine
+PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
+
+
+class Run:
+    """`batchgen run` in a subprocess, its stderr collected as it comes."""
+
+    def __init__(self, job: Path, multiprocess_engine: bool = False):
+        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess_engine else "0"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job)], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
+        self._reader.start()
+
+    def rows_done(self) -> int:
+        found = [int(m[1]) for line in list(self.lines) if (m := PROGRESS.search(line))]
+        return max(found, default=0)
+
+    def wait_until(self, cond, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            assert self.proc.poll() is None, "run ended before the kill point:\n" + "".join(self.lines[-30:])
+            assert time.monotonic() < end, "kill point not reached:\n" + "".join(self.lines[-30:])
+            time.sleep(0.01)
+
+    def kill(self, sig: int) -> int:
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=120)
+        self._reader.join(timeout=10)
+        return rc
+
+
+def committed(out: Path) -> list[dict]:
+    files = part_files(out)
+    return pa.concat_tables(pq.read_table(f, columns=["id", "text", "error"]) for f in files).to_pylist() if files else []
+
+
+def part_files(out: Path) -> list[Path]:
+    """Committed parts; a killed writer may leave a hidden .tmp-* file, which readers skip."""
+    return sorted(p for p in (out / "parts").glob("*.parquet") if not p.name.startswith("."))
+
+
+def n_parts(out: Path) -> int:
+    return len(part_files(out))
+
+
+def assert_no_duplicates(out: Path) -> list[dict]:
+    rows = committed(out)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id was committed twice"
+    return rows
+
+
+def test_kill_and_resume_exactly_once(vllm_engine, tiny_model, tmp_path):
+    ids = write_shards(tmp_path / "in", shards=2, rows=120, row_group=40)
+    out = tmp_path / "out"
+    base = job_dict(tiny_model, tmp_path / "in", out, sampling={"temperature": 0, "max_tokens": 48},
+                    runtime={"window": 4, "progress": "lines", "progress_seconds": 0.2})
+    job = tmp_path / "job.yaml"
+
+    # Reference: the same job, uninterrupted (same engine settings, in this process).
+    reference = {}
+    ref_spec = validate({**base, "output": {"path": str(tmp_path / "ref")}})
+    Runner(ref_spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
+    reference = {r["id"]: r["text"] for r in committed(tmp_path / "ref")}
+    assert sorted(reference) == sorted(ids)
+
+    # 1) SIGKILL before the first commit: rows generated, nothing committed, nothing visible.
+    write_job(job, {**base, "checkpoint": {"every_rows": 100000, "every_seconds": 3600}})
+    run = Run(job)
+    run.wait_until(lambda: run.rows_done() >= 10)
+    assert run.kill(signal.SIGKILL) == -signal.SIGKILL
+    assert committed(out) == []
+
+    # 2) SIGKILL right after a commit.
+    write_job(job, {**base, "checkpoint": {"every_rows": 20}})
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) >= 1)
+    run.kill(signal.SIGKILL)
+    after_2 = len(assert_no_duplicates(out))
+    assert after_2 >= 1
+
+    # 3) SIGKILL mid-part: after another commit, once more rows are finished than committed.
+    parts_before = n_parts(out)
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) > parts_before)
+    run.wait_until(lambda: run.rows_done() >= len(committed(out)) - after_2 + 5)
+    run.kill(signal.SIGKILL)
+    after_3 = len(assert_no_duplicates(out))
+    assert after_3 > after_2
+
+    # 4) SIGTERM (a spot notice), default multiprocess engine: finish in-flight rows, commit, exit 75.
+    write_job(job, {**base, "checkpoint": {"every_rows": 1000, "every_seconds": 3600}})
+    run = Run(job, multiprocess_engine=True)
+    run.wait_until(lambda: run.rows_done() >= 12, timeout=180)
+    seen = run.rows_done()
+    assert run.kill(signal.SIGTERM) == EXIT_INTERRUPTED, "".join(run.lines[-20:])
+    log = "".join(run.lines)
+    assert "rerun the same command to resume" in log
+    summaries = [json.loads(p.read_text()) for p in (out / "_batchgen").glob("summary-*.json")]
+    assert any(s["interrupted"] for s in summaries)
+    after_4 = len(assert_no_duplicates(out))
+    # Everything finished before the signal was committed (the bar had shown `seen` rows this run).
+    assert after_4 - after_3 >= seen
+    assert not (out / "_SUCCESS.json").exists()
+
+    # 5) The same command, to the end.
+    write_job(job, base)
+    run = Run(job)
+    rc = run.proc.wait(timeout=300)
+    run._reader.join(timeout=10)
+    assert rc == 0, "".join(run.lines[-30:])
+    final = assert_no_duplicates(out)
+    assert sorted(r["id"] for r in final) == sorted(ids)
+    assert {r["id"]: r["text"] for r in final} == reference
+    assert json.loads((out / "_SUCCESS.json").read_text())["complete"] is True
+
+
+def test_changed_settings_refuse_resume_without_force(vllm_engine, tiny_model, tmp_path):
+    write_shards(tmp_path / "in", shards=1, rows=10)
+    job = tmp_path / "job.yaml"
+    base = job_dict(tiny_model, tmp_path / "in", tmp_path / "out")
+    spec = validate(base)
+    Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
+    write_job(job, {**base, "sampling": {"temperature": 0, "max_tokens": 9}})
+    from tests.conftest import run_cli
+
+    res = run_cli("run", str(job))
+    assert res.returncode == 2
+    assert "sampling.max_tokens: 8 -> 9" in res.stderr and "--force" in res.stderr
+    # Checkpoint and runtime settings do not change outputs: resuming with them changed is fine.
+    write_job(job, {**base, "checkpoint": {"every_rows": 3}, "runtime": {"window": 2}})
+    res = run_cli("run", str(job))
+    assert res.returncode == 0, res.stderr
