@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest
+from batchgen.claim import FEEDER_OPTIONS, Claimer, start_claimer
 from batchgen.committer import Committer, PartSink
 from batchgen.engine import Engine, start_engine
 from batchgen.errors import Interrupted
@@ -23,6 +24,7 @@ from batchgen.io.parts import OutputRow, output_schema
 from batchgen.io.reader import ROW_INDEX, check_columns
 from batchgen.io.store import Store
 from batchgen.jobfile import fingerprint
+from batchgen.observers import RunObserver
 from batchgen.plan import Unit, assign, discover_shards, plan_units
 from batchgen.progress import Progress
 from batchgen.prompts import Renderer, Request
@@ -31,6 +33,8 @@ from batchgen.stats import Summary
 from batchgen.tokenizer import load_tokenizer
 
 log = logging.getLogger("batchgen")
+# A second SIGTERM/SIGINT sooner than this after the first is a duplicate delivery, not "exit now".
+SAME_NOTICE_SECONDS = 1.0
 
 
 @dataclass
@@ -42,6 +46,8 @@ class RunOptions:
     engine_factory: Callable[[JobSpec], Engine] = start_engine
     # Unit filter for engines sharing a node (set by the node supervisor); None = this rank's share.
     units: list[str] | None = None
+    # Take units one at a time under leases (an engine of a node; always on for runtime.elastic).
+    claim: bool = False
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Prepared:
     tokenizer: object
     skipped: int = 0
     extra: dict = field(default_factory=dict)
+    observer: RunObserver | None = None  # OpenAI output files and metrics, after each commit
 
 
 class Runner:
@@ -70,20 +77,27 @@ class Runner:
         for shard in shards:
             schema = check_columns(spec.input, shard, spec.input_columns())
         all_units = plan_units(spec.input, shards)
-        mine = assign(all_units, self.opts.rank, self.opts.world_size)
+        mine = list(all_units) if spec.runtime.elastic else assign(all_units, self.opts.rank, self.opts.world_size)
         if self.opts.units is not None:
             wanted = set(self.opts.units)
             mine = [u for u in mine if u.key in wanted]
+        tokenizer = load_tokenizer(spec.model)
+        if spec.runtime.engine == "vllm":  # option names are checked before any engine memory is taken
+            from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra
+
+            check_engine_kwargs(spec.model)
+            check_sampling_extra(spec.sampling)
         store = Store.open(spec.output.path, spec.output.storage)
         check_job_manifest(store, spec, self.opts.force)
         ledger = Ledger(store, mine)
         ledger.load()
-        tokenizer = load_tokenizer(spec.model)
         sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
                         compression=spec.output.compression, worker=self.opts.worker, job_fingerprint=fingerprint(spec)[0])
         total = sum(u.rows for u in mine)
+        observer = RunObserver(spec, store, self.opts.worker, total, total - ledger.remaining())
+        sink.on_part = observer.on_part
         return Prepared(all_units=all_units, units=mine, store=store, ledger=ledger, sink=sink,
-                        tokenizer=tokenizer, skipped=total - ledger.remaining())
+                        tokenizer=tokenizer, skipped=total - ledger.remaining(), observer=observer)
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, prep: Prepared | None = None) -> Summary:
@@ -96,31 +110,41 @@ class Runner:
         if prep.ledger.remaining() == 0:
             summary.complete = self._mark_complete_if_done(prep, summary)
             summary.wall_seconds = time.monotonic() - t_start
+            if prep.observer is not None:
+                prep.observer.finish(summary)
             return summary
 
         engine = self.opts.engine_factory(spec)
         summary.engine_version, summary.device = engine.info.version, engine.info.device
         summary.engine_start_seconds = engine.info.start_seconds
         renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens)
-        feeder = Feeder(spec, prep.units, prep.ledger.done_mask, renderer,
-                        [*spec.input_columns()])
+        claimer = start_claimer(spec, prep.store, prep.ledger, prep.units, self.opts.worker) \
+            if spec.runtime.elastic or self.opts.claim else None
+        feeder = Feeder(spec, claimer.units() if claimer else prep.units, prep.ledger.done_mask, renderer,
+                        [*spec.input_columns()], **(FEEDER_OPTIONS if claimer else {}))
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress(spec.runtime.progress, prep.ledger.remaining(), spec.name or "batchgen", spec.runtime.progress_seconds)
-        window = spec.runtime.window or (2 * engine.info.max_num_seqs if engine.info.max_num_seqs else 64)
+        # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
+        # 234 with 1024 (docs/benchmarks.md); the engine refills finished slots within the same step.
+        window = spec.runtime.window or (engine.info.max_num_seqs or 64)
         old_handlers = self._install_signals()
         t_gen = time.monotonic()
         try:
             feeder.start()
-            self._loop(engine, feeder, committer, progress, window)
+            self._loop(engine, feeder, committer, progress, window, claimer)
         finally:
             self._restore_signals(old_handlers)
             feeder.stop()
+            if claimer:
+                claimer.stop()
             summary.generate_seconds = time.monotonic() - t_gen
             progress.close()
             engine.close()
             try:
                 committer.close()
             finally:
+                if claimer:
+                    claimer.close()  # after the last commit: finished units are marked done, the rest released
                 summary.counters = committer.committed
                 summary.upload_retries = prep.store.retry.retried
                 summary.upload_wait_seconds = committer.wait_seconds
@@ -128,13 +152,18 @@ class Runner:
                 summary.interrupted = self._stop_deadline is not None
                 if not committer.failed:  # a store that just failed would only fail this write too, after more retries
                     self._save_summary(prep.store, summary)
+                if prep.observer is not None:  # metrics only: must not raise over the error being handled
+                    prep.observer.finish(summary, repair=False)
         if summary.interrupted:
             raise Interrupted(f"stopped on a signal after committing {summary.counters.rows} rows this run",
                               fix="rerun the same command to resume")
         summary.complete = self._mark_complete_if_done(prep, summary)
+        if prep.observer is not None:
+            prep.observer.finish(summary)
         return summary
 
-    def _loop(self, engine: Engine, feeder: Feeder, committer: Committer, progress: Progress, window: int) -> None:
+    def _loop(self, engine: Engine, feeder: Feeder, committer: Committer, progress: Progress, window: int,
+              claimer: Claimer | None = None) -> None:
         spec = self.spec
         pending: deque[Request] = deque()
         inflight: dict[str, Request] = {}
@@ -176,8 +205,9 @@ class Runner:
                 aborted = engine.abort_all()
                 log.warning("grace period over: %d in-flight rows dropped (they will be redone on resume)", len(aborted))
                 break
-            # 4) Checkpoint every N rows or T seconds.
-            if n_finished >= spec.checkpoint.every_rows or (finished and time.monotonic() - last_commit >= spec.checkpoint.every_seconds):
+            # 4) Checkpoint every N rows or T seconds, or when idle waiting on other workers' units (they may wait on ours).
+            idle = claimer is not None and claimer.waiting and not engine.in_flight()
+            if n_finished >= spec.checkpoint.every_rows or (finished and (idle or time.monotonic() - last_commit >= spec.checkpoint.every_seconds)):
                 self._flush(finished, committer)
                 n_finished, last_commit = 0, time.monotonic()
         self._flush(finished, committer)
@@ -198,6 +228,9 @@ class Runner:
                 self._stop_deadline = time.monotonic() + grace
                 log.warning("%s: no new rows; finishing in-flight rows for up to %.0fs, then committing. "
                             "Send it again to commit what is finished and exit at once.", name, grace)
+            elif time.monotonic() < self._stop_deadline - self.spec.runtime.grace_seconds + SAME_NOTICE_SECONDS:
+                # A scheduler signals every process and a supervisor forwards it too: one notice, not two.
+                log.info("%s again within %.0fs: taken as the same stop notice", name, SAME_NOTICE_SECONDS)
             else:
                 self._hard_stop = True
                 log.warning("%s again: committing finished rows and exiting now", name)

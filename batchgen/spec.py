@@ -67,10 +67,10 @@ class PromptSpec(Strict):
     def _template_parses(cls, v: str | None) -> str | None:
         if v is not None:
             for _, name, spec, conv in string.Formatter().parse(v):
-                if name is not None and (not name.isidentifier() and not name.replace("-", "_").isidentifier()):
-                    raise ValueError(f"template placeholder {{{name}}} must be a plain column name")
                 if name == "":
                     raise ValueError("template has an empty placeholder {}; name a column, e.g. {text}")
+                if name is not None and not name.replace("-", "_").isidentifier():
+                    raise ValueError(f"template placeholder {{{name}}} must be a plain column name")
         return v
 
     @property
@@ -93,6 +93,9 @@ PER_ROW_FIELDS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "
                   "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
 PerRowField = Literal["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
                       "presence_penalty", "frequency_penalty", "repetition_penalty", "stop"]
+
+# Sampling fields an OpenAI batch request body may carry; each becomes a per-row override column.
+OPENAI_BODY_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "n", "stop", "presence_penalty", "frequency_penalty")
 
 
 class SamplingSpec(Strict):
@@ -152,7 +155,7 @@ class CheckpointSpec(Strict):
 
 
 class RuntimeSpec(Strict):
-    window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: 2 x max_num_seqs (GPU), 64 (CPU).")
+    window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 on GPU); 64 if unknown.")
     order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
     ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")
@@ -163,6 +166,8 @@ class RuntimeSpec(Strict):
     num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine (1 without GPUs).")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
+    metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
+    metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
 
 
 class JobSpec(Strict):
@@ -176,6 +181,20 @@ class JobSpec(Strict):
     output: OutputSpec
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_batch_defaults(cls, data: Any) -> Any:
+        """An OpenAI batch file says everything itself: prompts from `messages`, sampling from each body."""
+        if not isinstance(data, dict) or not isinstance(data.get("input"), dict) or data["input"].get("format") != "openai_batch":
+            return data
+        data = {**data}
+        data.setdefault("prompt", {"messages_column": "messages"})
+        given = data.get("sampling") or {}
+        sampling = given.model_dump() if isinstance(given, BaseModel) else {**given}
+        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS}, **(sampling.get("per_row") or {})}
+        data["sampling"] = sampling
+        return data
 
     def input_columns(self) -> list[str]:
         """The columns read from the input: nothing else is loaded."""

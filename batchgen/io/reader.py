@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import InputError
+from batchgen.io import openai_batch
 from batchgen.io.retry import RetryPolicy, is_transient, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.plan import Unit
@@ -25,7 +26,10 @@ ROW_INDEX = "row_index"
 def check_columns(spec: InputSpec, shard: str, needed: Sequence[str]) -> pa.Schema:
     """Fail before the engine starts if a shard lacks a column the job reads."""
     fs, _ = open_fs(_url_of(spec), spec.storage)
-    schema = retry_transient(RetryPolicy.from_spec(spec.storage), f"read the schema of {shard}", _schema, fs, shard)
+    if spec.format == "openai_batch":
+        schema = openai_batch.request_schema(spec.id_column)
+    else:
+        schema = retry_transient(RetryPolicy.from_spec(spec.storage), f"read the schema of {shard}", _schema, fs, shard)
     missing = [c for c in needed if c not in schema.names]
     if missing:
         raise InputError(
@@ -42,6 +46,10 @@ def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndar
     `done` is a bool array over the unit's rows (True = already committed).
     """
     fs, _ = open_fs(_url_of(spec), spec.storage)
+    if spec.format == "openai_batch":
+        with fs.open(unit.shard, "rb") as f:
+            yield from openai_batch.iter_request_batches(f, columns, spec.id_column, spec.batch_rows, done, ROW_INDEX)
+        return
     row = unit.row_start
     for batch in _parquet_batches(fs, spec, unit, columns):
         idx = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
@@ -91,7 +99,11 @@ def _resume_point(meta: pq.FileMetaData, groups: Sequence[int], sent: int) -> tu
 
 def _schema(fs, shard: str) -> pa.Schema:
     with fs.open(shard, "rb") as f:
-        return pq.ParquetFile(f).schema_arrow
+        try:
+            return pq.ParquetFile(f).schema_arrow
+        except pa.ArrowInvalid as e:
+            raise InputError(f"not a readable Parquet file: {e}", where=shard,
+                             fix="rewrite it with pyarrow or polars (write_parquet), or remove it from input.path") from e
 
 
 def _url_of(spec: InputSpec) -> str:

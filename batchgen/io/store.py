@@ -144,7 +144,11 @@ class Store:
     def _local_write(self, rel: str, data: bytes, *, exclusive: bool) -> bool:
         final = self.path(rel)
         folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as e:
+            raise StorageError(f"cannot create folder {folder}: {e.strerror}",
+                               fix="output.path must be a folder you can write (a file stands in its way, or permissions)") from e
         tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
         try:
             with open(tmp, "wb") as f:
