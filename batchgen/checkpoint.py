@@ -120,6 +120,18 @@ class Ledger:
             state.next_seq = max(state.next_seq, seq + 1)
         return data
 
+    def refresh(self, key: str) -> None:
+        """Absorb parts of `key` committed by other workers since we looked (a unit taken over).
+
+        Sequence numbers are dense, so probing next_seq, next_seq + 1, ... finds every new part with
+        one read each, without listing the whole parts folder.
+        """
+        while True:
+            try:
+                self._absorb(key, self.units[key].next_seq)
+            except FileNotFoundError:
+                return
+
     def done_mask(self, key: str) -> np.ndarray:
         with self.lock:
             return self.units[key].done.copy()

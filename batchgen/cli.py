@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -41,6 +42,27 @@ def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str
     if rank is not None or world_size is not None:
         return rank or 0, world_size or 1, "flags"
     return rank_from_environment(os.environ)
+
+
+def _visible_gpus() -> list[str]:
+    """GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable if set, else `nvidia-smi -L`.
+
+    Not torch: importing it takes seconds and initializing CUDA in the supervisor would hold memory on every GPU.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids: list[str] = []
+        for item in env.split(","):
+            item = item.strip()
+            if not item or item.startswith("-"):  # CUDA stops at the first invalid entry ("-1" hides all)
+                break
+            ids.append(item)
+        return ids
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 def _fail(err: BatchgenError) -> None:
@@ -81,8 +103,13 @@ def run(
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    engine_of_node: Optional[int] = typer.Option(None, "--engine-of-node", hidden=True, help="Set by the node supervisor for its engines."),
 ) -> None:
     """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
+
+    With several GPUs (runtime.num_engines), one engine process per GPU group runs under this one.
+    Exit 0 means this worker's share is committed; `_SUCCESS.json` in the output marks the whole job
+    done (written by whichever worker commits last). An elastic worker exits 0 only once the job is done.
 
     Exit codes: 0 done (error rows are data, counted in the summary); 1 failed; 2 bad job (nothing started);
     75 interrupted by SIGTERM/SIGINT, or the object store stayed unreachable through every retry, after
@@ -92,16 +119,30 @@ def run(
 
     _setup_logging(verbose)
     try:
-        spec = load_job(job, _overrides(
+        flags = _overrides(
             model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size, dtype=dtype, quantization=quantization,
             trust_remote_code=trust_remote_code, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, seed=seed), sets)
+            frequency_penalty=frequency_penalty, seed=seed)
+        spec = load_job(job, flags, sets)
         r, w, source = _rank(rank, world_size)
         worker = worker_id or f"{socket.gethostname()}-r{r}"
         logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
-        summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force)).run()
+        if engine_of_node is None:
+            from batchgen.node import NodeRun, engine_layout, run_node
+
+            layout = engine_layout(spec.runtime, spec.model, _visible_gpus() if spec.runtime.num_engines != 1 else [])
+            if layout.num_engines > 1:
+                result = run_node(spec, NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose), layout)
+                for line in result.lines():
+                    typer.echo(line)
+                raise typer.Exit(result.exit_code)
+        else:
+            from batchgen.node import die_with_parent
+
+            die_with_parent()
+        summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None)).run()
     except BatchgenError as e:
         _fail(e)
         return

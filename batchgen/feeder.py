@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -21,9 +21,12 @@ _END = object()
 
 
 class Feeder:
-    def __init__(self, spec: JobSpec, units: Sequence[Unit], done_mask: Callable[[str], np.ndarray],
-                 renderer: Renderer, read_columns: Sequence[str], max_chunks: int = 8):
-        self.spec, self.units, self.done_mask, self.renderer = spec, list(units), done_mask, renderer
+    def __init__(self, spec: JobSpec, units: Iterable[Unit], done_mask: Callable[[str], np.ndarray],
+                 renderer: Renderer, read_columns: Sequence[str], max_chunks: int = 8, by_unit: bool = False):
+        # `units` may be a lazy iterator (a Claimer's): it is consumed one unit at a time, in the reader thread.
+        # `by_unit` hands over each unit's rows when it ends: the next unit may take a while to arrive.
+        self.spec, self.units, self.done_mask, self.renderer = spec, units, done_mask, renderer
+        self.by_unit = by_unit
         self.columns = list(read_columns)
         self._q: queue.Queue = queue.Queue(maxsize=max_chunks)
         self._stop = threading.Event()
@@ -67,6 +70,9 @@ class Feeder:
                     if len(buffer) >= limit:
                         self._emit(buffer)
                         buffer = []
+                if self.by_unit and buffer and not self._stop.is_set():
+                    self._emit(buffer)
+                    buffer = []
             if buffer and not self._stop.is_set():
                 self._emit(buffer)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread by get()

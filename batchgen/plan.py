@@ -107,8 +107,14 @@ def assign(units: Sequence[Unit], rank: int, world_size: int) -> list[Unit]:
 def rank_from_environment(env: Mapping[str, str]) -> tuple[int, int, str]:
     """(rank, world_size, source) from a scheduler's variables: SLURM arrays or tasks, k8s Indexed Jobs."""
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]), "SLURM array"
+        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), max(1, int(env.get("SLURM_ARRAY_TASK_STEP", "1")))
+        offset, count = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+        if offset % step or not 0 <= offset // step < count:
+            # e.g. --array=0,2,7: task ids that are not a range cannot be turned into ranks.
+            raise SpecError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is not one of {count} evenly spaced tasks "
+                            f"from {first} (step {step})", fix="submit a range such as --array=0-7 (a %limit is fine), "
+                            "or pass --rank/--world-size")
+        return offset // step, count, "SLURM array"
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), "SLURM tasks"
     if "JOB_COMPLETION_INDEX" in env:

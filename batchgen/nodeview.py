@@ -1,0 +1,100 @@
+"""One view of a node's engines: progress from their committed stats, one summary from theirs.
+
+The engines are separate processes; rather than a side channel, the supervisor reads what they
+commit anyway (`stats/` rows, `_batchgen/summary-<engine>.json`). Progress therefore counts
+committed rows: it moves at each checkpoint and never counts a row that could still be lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import signal
+from typing import Any, Sequence
+
+import pyarrow.parquet as pq
+
+from batchgen.checkpoint import META, STATS
+from batchgen.errors import BatchgenError
+from batchgen.io.store import Store
+from batchgen.progress import Progress
+from batchgen.stats import Counters, Summary
+
+log = logging.getLogger("batchgen")
+
+
+def summary_name(worker: str) -> str:
+    return f"{META}/summary-{worker}.json"
+
+
+class NodeProgress:
+    """Feeds a Progress with the rows the node's engines commit (read from their stats rows)."""
+
+    def __init__(self, store: Store, workers: Sequence[str], progress: Progress):
+        self.store, self.workers, self.progress = store, set(workers), progress
+        # Stats already there belong to earlier runs (or other nodes): only new ones count.
+        self._seen = set(self._names())
+
+    def _names(self) -> list[str]:
+        return self.store.listdir(STATS)
+
+    def refresh(self) -> None:
+        try:
+            fresh = [n for n in self._names() if n not in self._seen]
+            for name in fresh:
+                table = pq.read_table(io.BytesIO(self.store.read_bytes(f"{STATS}/{name}")),
+                                      columns=["worker", "rows", "output_tokens", "errors"])
+                self._seen.add(name)
+                for row in table.to_pylist():
+                    if row["worker"] in self.workers:
+                        self.progress.update(row["rows"], row["output_tokens"], row["errors"])
+        except (BatchgenError, OSError, ValueError) as e:  # progress is a view: never stop the node for it
+            log.debug("progress refresh failed: %s", e)
+
+    def close(self) -> None:
+        self.refresh()
+        self.progress.close()
+
+
+def read_summary(store: Store, worker: str) -> Summary | None:
+    """The summary an engine saved at its end; None if it saved none (it failed before)."""
+    try:
+        data: dict[str, Any] = json.loads(store.read_bytes(summary_name(worker)))
+    except (FileNotFoundError, ValueError):
+        return None
+    counters = Counters(**{f.name: data.get(f.name, 0) for f in dataclasses.fields(Counters)})
+    fields = {f.name: data[f.name] for f in dataclasses.fields(Summary) if f.name in data and f.name != "counters"}
+    return Summary(counters=counters, **fields)
+
+
+def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summary:
+    """One summary for the node: counters add up; the engines ran side by side, so time is the longest one's."""
+    out = dataclasses.replace(base)
+    for s in parts:
+        out.counters = out.counters.merge(s.counters)
+        out.upload_retries += s.upload_retries
+        out.upload_wait_seconds = max(out.upload_wait_seconds, s.upload_wait_seconds)
+        out.generate_seconds = max(out.generate_seconds, s.generate_seconds)
+        out.engine_start_seconds = max(out.engine_start_seconds, s.engine_start_seconds)
+        out.interrupted = out.interrupted or s.interrupted
+        out.complete = out.complete or s.complete
+    if parts:
+        out.engine, out.engine_version = parts[0].engine, parts[0].engine_version
+        out.device = f"{engines} engines, {parts[0].device}"
+    return out
+
+
+def engine_line(index: int, worker: str, code: int | None, summary: Summary | None) -> str:
+    if code is None:
+        state = "running"
+    elif code < 0:
+        state = f"killed by {signal.Signals(-code).name}"
+    else:
+        state = {0: "done", 75: "interrupted"}.get(code, f"failed (exit {code})")
+    if summary is None:
+        return f"  e{index}  {worker}: {state}, no summary"
+    d = summary.as_dict()
+    return (f"  e{index}  {worker}: {state}, {d['rows']} rows, {d['rows_per_second']} rows/s, "
+            f"engine start {summary.engine_start_seconds:.1f}s on {summary.device}")
