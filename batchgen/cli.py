@@ -179,6 +179,98 @@ def plan(
             typer.echo(f"  {u.key}  rows {u.row_start}..{u.row_end}  ({u.shard})")
 
 
+# -- operator commands: validate before the GPU starts, status while it runs, a report after ---------
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+@app.command("validate", context_settings=_EXTRA)
+def validate_cmd(
+    ctx: typer.Context,
+    job: Path = JOB,
+    sets: Optional[list[str]] = SET,
+    as_json: bool = JSON,
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Render and tokenize at most N rows per work unit (ids are still all checked)."),
+    engine_check: bool = typer.Option(True, "--engine-check/--no-engine-check", help="Check engine_kwargs and sampling.extra against vLLM (imports it)."),
+) -> None:
+    """Check a job without a GPU: spec, inputs, columns, ids, prompts and their lengths, output, resume state.
+
+    Takes run's engine and sampling flags after the job file (e.g. `--max-model-len 4096`).
+    Exit codes: 0 no problems; 1 only rows that would become error rows; 2 the run would refuse, or ids clash.
+    """
+    from batchgen.jobfile import parse_flags
+    from batchgen.validate import render_text, spec_problem, validate_job
+
+    try:
+        spec = load_job(job, parse_flags(ctx.args), sets)
+    except BatchgenError as e:
+        result = spec_problem(e)
+    else:
+        result = validate_job(spec, sample_rows=sample, engine_check=engine_check)
+    typer.echo(json.dumps(result.as_dict(), indent=1, default=str) if as_json else "\n".join(render_text(result)))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def status(
+    job: Path = JOB,
+    sets: Optional[list[str]] = SET,
+    as_json: bool = JSON,
+    all_units: bool = typer.Option(False, "--all", help="List every work unit (default: unfinished first, 30 at most)."),
+) -> None:
+    """Where a job stands, from its output folder: rows per unit and worker, errors, last commits, throughput.
+
+    Works while workers run, after they finish, and after they were killed (`--json` has `complete` for scripts).
+    """
+    from batchgen.status import job_status, render_text
+
+    try:
+        st = job_status(load_job(job, None, sets))
+    except BatchgenError as e:
+        _fail(e)
+        return
+    typer.echo(json.dumps(st.as_dict(), indent=1) if as_json else "\n".join(render_text(st, all_units)))
+
+
+@app.command()
+def report(
+    job: Path = JOB,
+    sets: Optional[list[str]] = SET,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.png and report.html (default: the output's _batchgen/)."),
+) -> None:
+    """Charts of a job from its stats: throughput, rows, prefix-cache hit rate and errors per worker (PNG + HTML)."""
+    from batchgen.report import make_report, save_report
+
+    try:
+        spec = load_job(job, None, sets)
+        rep = make_report(spec)
+        written = save_report(spec, rep, str(out) if out else None)
+    except BatchgenError as e:
+        _fail(e)
+        return
+    for line in rep.lines + [f"wrote {w}" for w in written]:
+        typer.echo(line)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("job.yaml"), help="Where to write the job file."),
+    model: str = typer.Option("Qwen/Qwen2.5-0.5B-Instruct", "--model", help="Model folder or HF id."),
+    input_path: str = typer.Option("./data", "--input", help="Parquet prompts (file, folder, glob, s3://...)."),
+    output: str = typer.Option("./out", "--output", help="Output folder (local or s3://...)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented job file to start from."""
+    from batchgen.jobtemplate import write_template
+
+    try:
+        write_template(path, model, input_path, output, force)
+    except BatchgenError as e:
+        _fail(e)
+        return
+    typer.echo(f"wrote {path}: edit input, prompt and model, then `batchgen validate {path}`")
+
+
 def main() -> None:
     app()
 

@@ -35,6 +35,31 @@ FLAG_PATHS: dict[str, str] = {
 }
 
 
+def parse_flags(args: list[str]) -> dict[str, Any]:
+    """`batchgen run`'s engine and sampling flags given to another command (validate): `--max-tokens 64`.
+
+    The names are FLAG_PATHS', so every command that reads a job takes the same overrides as `run`.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].removeprefix("--").partition("=")
+        key = name.replace("-", "_")
+        if not args[i].startswith("--") or key not in FLAG_PATHS:
+            raise SpecError(f"unexpected argument {args[i]!r}",
+                            fix="engine and sampling flags as in `batchgen run --help` (e.g. --max-tokens 64), or --set a.b=value")
+        if not eq and key == "trust_remote_code":
+            value = "true"
+        elif not eq:
+            i += 1
+            if i >= len(args):
+                raise SpecError(f"--{name} needs a value", fix=f"e.g. --{name} VALUE")
+            value = args[i]
+        out[key] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> JobSpec:
     """Read a job file and apply overrides: named flags (`{"max_tokens": 64}`) and `--set a.b=value`."""
     path = Path(path)

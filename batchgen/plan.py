@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import pyarrow.parquet as pq
 
 from batchgen.errors import InputError, SpecError, StorageUnavailable
+from batchgen.io.openai_batch import count_rows
 from batchgen.io.retry import RetryPolicy, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.spec import InputSpec
@@ -73,8 +74,13 @@ def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
     units: list[Unit] = []
     for shard in shards:
         name = _unit_name(shard, root)
-        if spec.format != "parquet":
-            units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=-1, row_groups=()))
+        if spec.format == "openai_batch":  # request files are small (the hosted API caps them): one unit each
+            try:
+                with fs.open(shard, "rb") as f:
+                    rows = count_rows(f)
+            except OSError as e:
+                raise InputError(f"cannot read the request file: {e}", where=shard) from e
+            units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=rows, row_groups=()))
             continue
         try:
             meta = retry_transient(policy, f"read the footer of {shard}", _footer, fs, shard)

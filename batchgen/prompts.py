@@ -13,6 +13,7 @@ from typing import Any, Protocol, Sequence
 import pyarrow as pa
 from pydantic import ValidationError
 
+from batchgen.io.openai_batch import READ_ERROR
 from batchgen.io.reader import ROW_INDEX
 from batchgen.spec import JobSpec, SamplingSpec
 
@@ -59,6 +60,7 @@ class Renderer:
         spec = self.spec
         cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         ids, rows = cols[spec.input.id_column], cols[ROW_INDEX]
+        read_errors = cols.get(READ_ERROR)  # set by readers of formats with per-line failures (OpenAI batch JSONL)
         reqs: list[Request] = []
         texts: list[str] = []
         for i in range(batch.num_rows):
@@ -66,6 +68,10 @@ class Renderer:
             req = Request(unit=unit, row_index=rows[i], id=rid, seed=0, sampling=spec.sampling,
                           passthrough={c: cols[c][i] for c in spec.output.passthrough_columns})
             reqs.append(req)
+            if read_errors and read_errors[i]:
+                req.error = f"bad request: {read_errors[i]}"
+                texts.append("")
+                continue
             if rid is None:
                 req.error = f"null id in column {spec.input.id_column!r} (row {rows[i]})"
                 texts.append("")
