@@ -37,7 +37,8 @@ from batchgen.spec import JobSpec
 log = logging.getLogger("batchgen")
 PARTS, STATS, META = "parts", "stats", "_batchgen"
 SUCCESS = "_SUCCESS.json"
-_PART = re.compile(r"^(?P<unit>.+)\.(?P<seq>\d{6})\.parquet$")
+# Unit keys never start with "." or "_": those are a killed writer's temp files and foreign markers.
+_PART = re.compile(r"^(?P<unit>[^._].*)\.(?P<seq>\d{6})\.parquet$")
 
 
 def part_name(unit: str, seq: int) -> str:
@@ -114,7 +115,7 @@ class Ledger:
     def _absorb(self, key: str, seq: int) -> bytes:
         state = self.units[key]
         data = self.store.read_bytes(f"{PARTS}/{part_name(key, seq)}")
-        rows = pq.read_table(io.BytesIO(data), columns=["row_index"]).column(0).to_numpy()
+        rows = pq.read_table(io.BytesIO(data), columns=["row_index"], use_threads=False).column(0).to_numpy()
         with self.lock:
             state.done[rows - state.unit.row_start] = True
             state.next_seq = max(state.next_seq, seq + 1)
@@ -169,5 +170,5 @@ def read_parts(store: Store, columns: list[str] | None = None) -> pa.Table | Non
     tables = []
     for name in store.listdir(PARTS):
         if parse_part(name):
-            tables.append(pq.read_table(io.BytesIO(store.read_bytes(f"{PARTS}/{name}")), columns=columns))
+            tables.append(pq.read_table(io.BytesIO(store.read_bytes(f"{PARTS}/{name}")), columns=columns, use_threads=False))
     return pa.concat_tables(tables, promote_options="permissive") if tables else None

@@ -145,4 +145,5 @@ def _common_root(shards: Sequence[str]) -> str:
 def _unit_name(shard: str, root: str) -> str:
     rel = posixpath.relpath(shard, root) if root else shard
     rel = re.sub(r"\.(parquet|jsonl)$", "", rel)
-    return re.sub(r"[^A-Za-z0-9._=-]+", "~", rel)
+    # A leading "." or "_" would read as a temp file or marker in parts/ (checkpoint.parse_part).
+    return re.sub(r"[^A-Za-z0-9._=-]+", "~", rel).lstrip("._") or "shard"
