@@ -18,6 +18,7 @@ from batchgen.prompts import Renderer, Request, order_by_prefix
 from batchgen.spec import JobSpec
 
 _END = object()
+FIRST_CHUNK_ROWS = 64  # then x4 per chunk up to the full look-ahead (ordering_rows)
 
 
 class Feeder:
@@ -58,18 +59,26 @@ class Feeder:
     def _work(self) -> None:
         try:
             buffer: list[Request] = []
-            limit = self.spec.runtime.ordering_rows if self.spec.runtime.order_by_prefix else self.spec.input.batch_rows
+            full = self.spec.runtime.ordering_rows if self.spec.runtime.order_by_prefix else self.spec.input.batch_rows
+            # Ramp up: the first chunks are small (and render only what they need), so the engine's first
+            # step waits for FIRST_CHUNK_ROWS rows, not for a whole look-ahead of long prompts.
+            limit = min(FIRST_CHUNK_ROWS, full)
             for unit in self.units:
                 mask = self.done_mask(unit.key)
                 if mask.size and mask.all():
                     continue
                 for batch in read_unit(self.spec.input, unit, self.columns, mask):
-                    if self._stop.is_set():
-                        return
-                    buffer += self.renderer.render(unit.key, batch)
-                    if len(buffer) >= limit:
-                        self._emit(buffer)
-                        buffer = []
+                    start = 0
+                    while start < batch.num_rows:
+                        if self._stop.is_set():
+                            return
+                        take = batch.num_rows - start if limit >= full else limit - len(buffer)
+                        buffer += self.renderer.render(unit.key, batch.slice(start, take))
+                        start += take
+                        if len(buffer) >= limit:
+                            self._emit(buffer)
+                            buffer = []
+                            limit = min(limit * 4, full)
                 if self.by_unit and buffer and not self._stop.is_set():
                     self._emit(buffer)
                     buffer = []

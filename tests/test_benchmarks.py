@@ -1,0 +1,66 @@
+"""The benchmark harness on the CPU build of vLLM (tiny model, small sizes), so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks.synth import prompt_texts, write_model_folder, write_prompts
+from benchmarks.workloads import select
+from tests.conftest import ROOT
+
+
+def test_prompts_have_exact_lengths_and_shared_prefixes(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    wl = select("W3", rows=120, tiny_from=tiny_model)
+    tok = AutoTokenizer.from_pretrained(write_model_folder(wl.shape, tmp_path / "model"))
+    ids = tok(prompt_texts(wl), add_special_tokens=True)["input_ids"]
+    assert {len(x) for x in ids} == {wl.prompt_tokens}
+    prefixes = {tuple(x[: wl.prefix_tokens]) for x in ids}
+    assert len(prefixes) == wl.prefixes
+    table = pq.read_table(write_prompts(wl, tmp_path / "w3.parquet"))
+    assert table.num_rows == 120 and len(table.column("id").unique()) == 120
+
+
+@pytest.mark.engine
+def test_harness_tiny_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--workload", "S", "--rows", "24", "--chunk", "8",
+           "--out", str(out), "--work", str(tmp_path / "work"), "--timeout", "150"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in rows] == ["raw one call", "raw calls of 8", "batchgen"]
+    for r in rows:
+        assert r["status"] == "ok" and r["rows"] == 24
+        assert r["req_s"] > 0 and r["out_tok_s"] > 0 and r["engine_start_s"] > 0
+        assert r["output_tokens"] == 24 * 8  # ignore_eos: every row makes exactly 128 / 16 tokens
+        assert 0 <= r["cache_hit"] <= 1
+    assert rows[0]["x_raw"] == pytest.approx(1.0)
+    assert rows[2]["parts"] >= 1 and rows[2]["wall_s"] > 0
+
+    table = (out / "table.md").read_text()
+    assert all(m in table for m in ("raw one call", "raw calls of 8", "batchgen"))
+    assert pq.read_table(out / "results.parquet").num_rows == 3
+    png = (out / "chart.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(out / "chart.png")).shape[0] > 100
+
+
+def test_hostcost_instant_engine(tmp_path):
+    result = tmp_path / "host.json"
+    cmd = [sys.executable, "-m", "benchmarks.hostcost", "--rows", "3000", "--prompt-tokens", "16", "--row-group", "1000",
+           "--work", str(tmp_path / "work"), "--out", str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(result.read_text())
+    assert r["rows"] == 3000 and r["errors"] == 0 and r["rows_per_cpu_s"] > 0
+    assert r["first_step_after_ready_s"] < 2.0
