@@ -38,7 +38,7 @@ class Unit:
 
 def discover_shards(spec: InputSpec) -> list[str]:
     """Every input file the spec names, as fsspec paths, sorted; an error if there are none."""
-    fs, _ = open_fs(_first(spec.path), spec.storage)
+    fs, _ = open_fs(spec.first_url, spec.storage)
     patterns = spec.path if isinstance(spec.path, list) else [spec.path]
     suffix = ".jsonl" if spec.format == "openai_batch" else ".parquet"
     found: list[str] = []
@@ -68,7 +68,7 @@ def _matches(fs, path: str, suffix: str) -> list[str]:
 
 def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
     """Cut shards into units of about `spec.unit_rows` rows, at row-group boundaries."""
-    fs, _ = open_fs(_first(spec.path), spec.storage)
+    fs, _ = open_fs(spec.first_url, spec.storage)
     policy = RetryPolicy.from_spec(spec.storage)
     root = _common_root(shards)
     units: list[Unit] = []
@@ -131,9 +131,6 @@ def rank_from_environment(env: Mapping[str, str]) -> tuple[int, int, str]:
         return int(env["JOB_COMPLETION_INDEX"]), int(world), "Kubernetes Indexed Job"
     return 0, 1, "single process"
 
-
-def _first(path: str | list[str]) -> str:
-    return path[0] if isinstance(path, list) else path
 
 
 def _common_root(shards: Sequence[str]) -> str:

@@ -40,6 +40,11 @@ class InputSpec(Strict):
     batch_rows: int = Field(1024, ge=1, le=1_000_000, description="Rows per record batch read from Parquet (memory stays bounded by this, not the shard size).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for the input.")
 
+    @property
+    def first_url(self) -> str:
+        """The first input path: it decides the file system every shard is opened with."""
+        return self.path[0] if isinstance(self.path, list) else self.path
+
 
 class PromptSpec(Strict):
     """Exactly one source of prompts: a text column, a chat messages column, or a template."""

@@ -25,7 +25,7 @@ ROW_INDEX = "row_index"
 
 def check_columns(spec: InputSpec, shard: str, needed: Sequence[str]) -> pa.Schema:
     """Fail before the engine starts if a shard lacks a column the job reads."""
-    fs, _ = open_fs(_url_of(spec), spec.storage)
+    fs, _ = open_fs(spec.first_url, spec.storage)
     if spec.format == "openai_batch":
         schema = openai_batch.request_schema(spec.id_column)
     else:
@@ -45,7 +45,7 @@ def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndar
 
     `done` is a bool array over the unit's rows (True = already committed).
     """
-    fs, _ = open_fs(_url_of(spec), spec.storage)
+    fs, _ = open_fs(spec.first_url, spec.storage)
     if spec.format == "openai_batch":
         with fs.open(unit.shard, "rb") as f:
             yield from openai_batch.iter_request_batches(f, columns, spec.id_column, spec.batch_rows, done, ROW_INDEX)
@@ -105,6 +105,3 @@ def _schema(fs, shard: str) -> pa.Schema:
             raise InputError(f"not a readable Parquet file: {e}", where=shard,
                              fix="rewrite it with pyarrow or polars (write_parquet), or remove it from input.path") from e
 
-
-def _url_of(spec: InputSpec) -> str:
-    return spec.path[0] if isinstance(spec.path, list) else spec.path
