@@ -59,6 +59,8 @@ def methods(chunk: int, *, one_commit: bool) -> list[Method]:
 def run_method(m: Method, setup: Setup, timeout: float) -> dict:
     """Run one method in a child process; a failure or timeout becomes a result with `status` set."""
     slug = re.sub(r"[^a-z0-9]+", "-", m.name.lower()).strip("-")
+    if setup.batchgen_sets and m.kind == "batchgen":  # a variant must not overwrite the default's folder and log
+        slug += "-" + re.sub(r"[^a-z0-9]+", "-", "-".join(setup.batchgen_sets).lower()).strip("-")[:60]
     folder = setup.work / f"{setup.workload.name}-{slug}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
