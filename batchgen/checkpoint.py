@@ -28,10 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import OutputError, StorageError, StorageUnavailable
+from batchgen.errors import BatchgenError, OutputError, StorageError, StorageUnavailable
 from batchgen.io.store import Store
 from batchgen.jobfile import diff_fields, fingerprint
-from batchgen.plan import Unit
+from batchgen.plan import LEGACY_UNIT_ROWS, Unit, plan_units
 from batchgen.spec import JobSpec
 
 log = logging.getLogger("batchgen")
@@ -50,21 +50,47 @@ def parse_part(name: str) -> tuple[str, int] | None:
     return (m["unit"], int(m["seq"])) if m else None
 
 
-def check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
+def recorded_unit_rows(store: Store) -> int | None:
+    """The unit size the job's first run planned with (None: no run yet). Manifests older than recorded
+    plans were cut with the old fixed default."""
+    rel = f"{META}/job.json"
+    try:
+        old = json.loads(store.read_bytes(rel)) if store.exists(rel) else None
+    except FileNotFoundError:
+        return None
+    except StorageError as e:
+        if isinstance(e, StorageUnavailable):
+            raise
+        raise OutputError(e.message, where=e.where, fix=e.fix) from e
+    if old is None:
+        return None
+    return int(old.get("plan", {}).get("unit_rows", LEGACY_UNIT_ROWS))
+
+
+def planned_units(spec: JobSpec, shards: list[str]) -> list[Unit]:
+    """The units of the job as its runs cut them: with the recorded unit size once the output has one."""
+    try:
+        recorded = recorded_unit_rows(Store.open(spec.output.path, spec.output.storage))
+    except BatchgenError:  # no readable output yet: the plan a first run would make
+        recorded = None
+    return plan_units(spec.input, shards, recorded)
+
+
+def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int | None = None) -> None:
     """Refuse to resume into output written with settings that change results, unless forced.
 
     Also the job's first write: a missing bucket or denied access fails here, before the engine starts,
     as a bad job (exit 2). A store that is only unreachable stays StorageUnavailable (exit 75, rerun).
     """
     try:
-        _check_job_manifest(store, spec, force)
+        _check_job_manifest(store, spec, force, unit_rows)
     except StorageUnavailable:
         raise
     except StorageError as e:
         raise OutputError(e.message, where=e.where, fix=e.fix) from e
 
 
-def _check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
+def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int | None) -> None:
     digest, fields = fingerprint(spec)
     rel = f"{META}/job.json"
     try:
@@ -79,7 +105,13 @@ def _check_job_manifest(store: Store, spec: JobSpec, force: bool) -> None:
             fix="use another output.path, or pass --force to resume anyway (old and new rows will be mixed)",
         )
     if old is None or old.get("fingerprint") != digest:
-        store.put(rel, json.dumps({"fingerprint": digest, "fields": fields, "written": time.time()}, indent=1).encode())
+        record = {"fingerprint": digest, "fields": fields, "written": time.time()}
+        plan = (old or {}).get("plan") or ({"unit_rows": unit_rows} if unit_rows else None)
+        if old is not None and plan is None:
+            plan = {"unit_rows": LEGACY_UNIT_ROWS}  # --force over an old manifest: its units stay as they were
+        if plan:
+            record["plan"] = plan
+        store.put(rel, json.dumps(record, indent=1).encode())
 
 
 @dataclass

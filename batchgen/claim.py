@@ -37,11 +37,13 @@ def start_claimer(spec: JobSpec, store: Store, ledger: Ledger, units: Sequence[U
 
 class Claimer:
     def __init__(self, book: LeaseBook, ledger: Ledger, units: Sequence[Unit], tick_seconds: float = 0.5,
-                 max_held: int = 2):
+                 max_open: int = 2):
         self.book, self.ledger = book, ledger
-        # Units held and not yet committed: the one generating and the one being read. More would let a
-        # fast reader hoard small units that an idle engine elsewhere could take.
-        self.max_held = max_held
+        # Units claimed whose rows are not all in the engine yet: the one being fed and the one read ahead.
+        # More would let a fast reader hoard units that an idle engine elsewhere could take; counting units
+        # that only wait for their commit would make the engine drain its window before each claim.
+        self.max_open = max_open
+        self._open: set[str] = set()
         # Start each worker at a different unit, so workers starting together rarely race for one lease.
         order = sorted(units)
         shift = zlib.crc32(book.owner.encode()) % len(order) if order else 0
@@ -64,10 +66,10 @@ class Claimer:
         """Units claimed for this worker, one at a time, until every unit is done or taken by us."""
         while not self._stop.is_set():
             self._settle_done()
-            if len(self._held) >= self.max_held:
+            if len(self._open) >= self.max_open:
                 if not any(u.key not in self._taken and u.key not in self._settled for u in self.order):
                     break  # nothing left that we could claim
-                self.waiting = True  # the runner commits what it has when idle: that frees a slot
+                self.waiting = True  # a slot frees when the runner has handed a unit's last row to the engine
                 self._stop.wait(self.tick / 5)
                 continue
             unit, others_busy = self._claim_next()
@@ -115,10 +117,16 @@ class Claimer:
                 self.book.finish(lease, "released")
                 return False
             self._held[unit.key] = lease
+            self._open.add(unit.key)
             self._taken.add(unit.key)
         self.claimed += 1
         log.info("claimed unit %s (lease generation %d)", unit.key, lease.gen)
         return True
+
+    def fed(self, key: str) -> None:
+        """Every row of `key` is in the engine (or an error row): the next unit may be claimed."""
+        with self._lock:
+            self._open.discard(key)
 
     # -- the heartbeat ---------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -139,6 +147,7 @@ class Claimer:
             finished = [lease for key, lease in self._held.items() if self.ledger.units[key].remaining == 0]
             for lease in finished:
                 del self._held[lease.unit]
+                self._open.discard(lease.unit)
         for lease in finished:
             self.book.finish(lease, "done")
             self._settled.add(lease.unit)

@@ -159,11 +159,12 @@ def plan(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Print which worker (rank) does which work units: deterministic, no coordinator."""
-    from batchgen.plan import assign, discover_shards, plan_units
+    from batchgen.checkpoint import planned_units
+    from batchgen.plan import assign, discover_shards
 
     try:
         spec = load_job(job, None, sets)
-        units = plan_units(spec.input, discover_shards(spec.input))
+        units = planned_units(spec, discover_shards(spec.input))
         shares = {r: assign(units, r, world_size) for r in range(world_size)}
     except BatchgenError as e:
         _fail(e)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -18,16 +19,26 @@ from batchgen.prompts import Renderer, Request, order_by_prefix
 from batchgen.spec import JobSpec
 
 _END = object()
+
+
+@dataclass(frozen=True)
+class _UnitFed:
+    """Queued after a unit's last chunk (by_unit): once taken, every row before it is in the engine."""
+
+    key: str
+
 FIRST_CHUNK_ROWS = 64  # then x4 per chunk up to the full look-ahead (ordering_rows)
 
 
 class Feeder:
     def __init__(self, spec: JobSpec, units: Iterable[Unit], done_mask: Callable[[str], np.ndarray],
-                 renderer: Renderer, read_columns: Sequence[str], max_chunks: int = 8, by_unit: bool = False):
+                 renderer: Renderer, read_columns: Sequence[str], max_chunks: int = 8, by_unit: bool = False,
+                 on_unit_fed: Callable[[str], None] | None = None):
         # `units` may be a lazy iterator (a Claimer's): it is consumed one unit at a time, in the reader thread.
         # `by_unit` hands over each unit's rows when it ends: the next unit may take a while to arrive.
+        # `on_unit_fed(key)` runs in the caller's thread of get() once every row of unit `key` was taken.
         self.spec, self.units, self.done_mask, self.renderer = spec, units, done_mask, renderer
-        self.by_unit = by_unit
+        self.by_unit, self.on_unit_fed = by_unit, on_unit_fed
         self.columns = list(read_columns)
         self._q: queue.Queue = queue.Queue(maxsize=max_chunks)
         self._stop = threading.Event()
@@ -42,7 +53,7 @@ class Feeder:
         self._stop.set()
 
     def get(self, timeout: float | None) -> list[Request] | None:
-        """The next chunk of requests; None if none came within `timeout` or the input is exhausted."""
+        """The next chunk of requests (maybe empty); None if none came within `timeout` or the input is exhausted."""
         if self.finished:
             return None
         try:
@@ -54,6 +65,10 @@ class Feeder:
             if self.error is not None:
                 raise self.error
             return None
+        if isinstance(item, _UnitFed):
+            if self.on_unit_fed is not None:
+                self.on_unit_fed(item.key)
+            return []
         return item
 
     def _work(self) -> None:
@@ -66,6 +81,8 @@ class Feeder:
             for unit in self.units:
                 mask = self.done_mask(unit.key)
                 if mask.size and mask.all():
+                    if self.by_unit:
+                        self._put(_UnitFed(unit.key))
                     continue
                 for batch in read_unit(self.spec.input, unit, self.columns, mask):
                     start = 0
@@ -79,9 +96,11 @@ class Feeder:
                             self._emit(buffer)
                             buffer = []
                             limit = min(limit * 4, full)
-                if self.by_unit and buffer and not self._stop.is_set():
-                    self._emit(buffer)
-                    buffer = []
+                if self.by_unit and not self._stop.is_set():
+                    if buffer:
+                        self._emit(buffer)
+                        buffer = []
+                    self._put(_UnitFed(unit.key))
             if buffer and not self._stop.is_set():
                 self._emit(buffer)
         except BaseException as e:  # noqa: BLE001 - re-raised in the main thread by get()

@@ -19,7 +19,7 @@ input:
   path: {input}               # Parquet file(s), folder (searched recursively) or glob; s3://... works
   # format: parquet                  # or openai_batch: a JSONL file of OpenAI Batch API requests
   id_column: id                      # unique per row: the output is keyed and resumed by it
-  # unit_rows: 200000                # big shards are split into work units of about this many rows
+  # unit_rows: 16384                 # rows per work unit (default: ~1/128 of the input, fixed by the first run)
   # storage: {{endpoint_url: http://127.0.0.1:9000, region: us-east-1}}   # for s3:// paths
 
 prompt:                              # exactly one of column / messages_column / template

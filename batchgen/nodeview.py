@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import signal
+import time
 from typing import Any, Sequence
 
 import pyarrow.parquet as pq
@@ -70,8 +71,13 @@ def read_summary(store: Store, worker: str) -> Summary | None:
 
 
 def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summary:
-    """One summary for the node: counters add up; the engines ran side by side, so time is the longest one's."""
+    """One summary for the node: counters add up; generation time is from the first engine's start to the
+    last one's end (an engine that became ready late counts as idle time of the node, not as free time)."""
     out = dataclasses.replace(base)
+    timed = [s for s in parts if s.generate_started_at and s.generate_ended_at]
+    if timed:
+        out.generate_started_at = min(s.generate_started_at for s in timed)
+        out.generate_ended_at = max(s.generate_ended_at for s in timed)
     for s in parts:
         out.counters = out.counters.merge(s.counters)
         out.upload_retries += s.upload_retries
@@ -80,6 +86,8 @@ def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summa
         out.engine_start_seconds = max(out.engine_start_seconds, s.engine_start_seconds)
         out.interrupted = out.interrupted or s.interrupted
         out.complete = out.complete or s.complete
+    if timed and len(timed) == len(parts):
+        out.generate_seconds = out.generate_ended_at - out.generate_started_at
     if parts:
         out.engine, out.engine_version = parts[0].engine, parts[0].engine_version
         out.device = f"{engines} engines, {parts[0].device}"
@@ -97,4 +105,9 @@ def engine_line(index: int, worker: str, code: int | None, summary: Summary | No
         return f"  e{index}  {worker}: {state}, no summary"
     d = summary.as_dict()
     return (f"  e{index}  {worker}: {state}, {d['rows']} rows, {d['rows_per_second']} rows/s, "
-            f"engine start {summary.engine_start_seconds:.1f}s on {summary.device}")
+            f"engine start {summary.engine_start_seconds:.1f}s on {summary.device}, generating "
+            f"{_clock(summary.generate_started_at)}-{_clock(summary.generate_ended_at)}")
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch)) + f".{int(epoch % 1 * 10)}" if epoch else "?"

@@ -8,6 +8,7 @@ path relative to the input root and the first row, so they survive moving the in
 from __future__ import annotations
 
 import glob as globlib
+import logging
 import os
 import posixpath
 import re
@@ -21,6 +22,8 @@ from batchgen.io.openai_batch import count_rows
 from batchgen.io.retry import RetryPolicy, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.spec import InputSpec
+
+log = logging.getLogger("batchgen")
 
 
 @dataclass(frozen=True, order=True)
@@ -66,36 +69,78 @@ def _matches(fs, path: str, suffix: str) -> list[str]:
     return [path] if fs.exists(path) else []
 
 
-def plan_units(spec: InputSpec, shards: Sequence[str]) -> list[Unit]:
-    """Cut shards into units of about `spec.unit_rows` rows, at row-group boundaries."""
+# The default before plans were recorded: a manifest without a plan was cut with it.
+LEGACY_UNIT_ROWS = 200_000
+# Default unit size: about 1/AUTO_UNITS of the job, a power of two within these bounds.
+AUTO_UNITS, MIN_AUTO_UNIT_ROWS, MAX_AUTO_UNIT_ROWS = 128, 1024, 200_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: list[Unit]
+    unit_rows: int  # what cut them: recorded in the job's manifest by its first run
+
+
+def auto_unit_rows(total_rows: int) -> int:
+    """About total/128 rows, rounded up to a power of two, within [1024, 200000]: enough units for many
+    engines to share a job and for the last ones to end together, few enough to keep parts and leases cheap."""
+    want = max(1, -(-total_rows // AUTO_UNITS))
+    return min(MAX_AUTO_UNIT_ROWS, max(MIN_AUTO_UNIT_ROWS, 1 << (want - 1).bit_length()))
+
+
+def choose_unit_rows(asked: int | None, recorded: int | None, total_rows: int) -> int:
+    """The plan's unit size: the one recorded by the job's first run wins, so resumes and every rank cut the
+    same units; else the job file's; else auto_unit_rows."""
+    if recorded is not None:
+        if asked is not None and asked != recorded:
+            log.warning("input.unit_rows is %d but this output was planned with %d: keeping %d (units must not "
+                        "change under committed parts; use a new output.path for another plan)", asked, recorded, recorded)
+        return recorded
+    return asked if asked is not None else auto_unit_rows(total_rows)
+
+
+def plan_units(spec: InputSpec, shards: Sequence[str], recorded: int | None = None) -> list[Unit]:
+    return plan_job(spec, shards, recorded).units
+
+
+def plan_job(spec: InputSpec, shards: Sequence[str], recorded: int | None = None) -> Plan:
+    """Cut shards into units of about `unit_rows` rows (see choose_unit_rows), at row-group boundaries."""
     fs, _ = open_fs(spec.first_url, spec.storage)
     policy = RetryPolicy.from_spec(spec.storage)
     root = _common_root(shards)
+    layouts = [(shard, _row_groups(spec, fs, policy, shard)) for shard in shards]
+    unit_rows = choose_unit_rows(spec.unit_rows, recorded, sum(sum(groups) for _, groups in layouts))
     units: list[Unit] = []
-    for shard in shards:
+    for shard, groups_rows in layouts:
         name = _unit_name(shard, root)
         if spec.format == "openai_batch":  # request files are small (the hosted API caps them): one unit each
-            try:
-                with fs.open(shard, "rb") as f:
-                    rows = count_rows(f)
-            except OSError as e:
-                raise InputError(f"cannot read the request file: {e}", where=shard) from e
-            units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=rows, row_groups=()))
+            units.append(Unit(key=f"{name}@0", shard=shard, row_start=0, row_end=groups_rows[0], row_groups=()))
             continue
-        try:
-            meta = retry_transient(policy, f"read the footer of {shard}", _footer, fs, shard)
-        except StorageUnavailable:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure here means the file is not usable Parquet
-            raise InputError(f"cannot read Parquet footer: {e}", where=shard, fix="is it a Parquet file? rewrite it with pyarrow/polars") from e
         start, groups, count = 0, [], 0
-        for rg in range(meta.num_row_groups):
+        for rg, rows in enumerate(groups_rows):
             groups.append(rg)
-            count += meta.row_group(rg).num_rows
-            if count >= spec.unit_rows or rg == meta.num_row_groups - 1:
+            count += rows
+            if count >= unit_rows or rg == len(groups_rows) - 1:
                 units.append(Unit(key=f"{name}@{start}", shard=shard, row_start=start, row_end=start + count, row_groups=tuple(groups)))
                 start, groups, count = start + count, [], 0
-    return units
+    return Plan(units, unit_rows)
+
+
+def _row_groups(spec: InputSpec, fs, policy: RetryPolicy, shard: str) -> list[int]:
+    """Rows per row group of a Parquet shard; [rows] for a JSONL request file."""
+    if spec.format == "openai_batch":
+        try:
+            with fs.open(shard, "rb") as f:
+                return [count_rows(f)]
+        except OSError as e:
+            raise InputError(f"cannot read the request file: {e}", where=shard) from e
+    try:
+        meta = retry_transient(policy, f"read the footer of {shard}", _footer, fs, shard)
+    except StorageUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is not usable Parquet
+        raise InputError(f"cannot read Parquet footer: {e}", where=shard, fix="is it a Parquet file? rewrite it with pyarrow/polars") from e
+    return [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
 
 
 def _footer(fs, shard: str) -> pq.FileMetaData:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest
+from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest, recorded_unit_rows
 from batchgen.claim import FEEDER_OPTIONS, Claimer, start_claimer
 from batchgen.committer import Committer, PartSink
 from batchgen.detok import text_decoder
@@ -26,7 +26,7 @@ from batchgen.io.reader import ROW_INDEX, check_columns
 from batchgen.io.store import Store
 from batchgen.jobfile import fingerprint
 from batchgen.observers import RunObserver
-from batchgen.plan import Unit, assign, discover_shards, plan_units
+from batchgen.plan import Unit, assign, discover_shards, plan_job
 from batchgen.progress import Progress
 from batchgen.prompts import Renderer, Request
 from batchgen.spec import JobSpec, SamplingSpec
@@ -78,7 +78,9 @@ class Runner:
         schema = None
         for shard in shards:
             schema = check_columns(spec.input, shard, spec.input_columns())
-        all_units = plan_units(spec.input, shards)
+        store = Store.open(spec.output.path, spec.output.storage)
+        plan = plan_job(spec.input, shards, recorded_unit_rows(store))
+        all_units = plan.units
         mine = list(all_units) if spec.runtime.elastic else assign(all_units, self.opts.rank, self.opts.world_size)
         if self.opts.units is not None:
             wanted = set(self.opts.units)
@@ -89,8 +91,7 @@ class Runner:
 
             check_engine_kwargs(spec.model)
             check_sampling_extra(spec.sampling)
-        store = Store.open(spec.output.path, spec.output.storage)
-        check_job_manifest(store, spec, self.opts.force)
+        check_job_manifest(store, spec, self.opts.force, plan.unit_rows)
         ledger = Ledger(store, mine)
         ledger.load()
         sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
@@ -123,7 +124,7 @@ class Runner:
         claimer = start_claimer(spec, prep.store, prep.ledger, prep.units, self.opts.worker) \
             if spec.runtime.elastic or self.opts.claim else None
         feeder = Feeder(spec, claimer.units() if claimer else prep.units, prep.ledger.done_mask, renderer,
-                        [*spec.input_columns()], **(FEEDER_OPTIONS if claimer else {}))
+                        [*spec.input_columns()], **(dict(FEEDER_OPTIONS, on_unit_fed=claimer.fed) if claimer else {}))
         detok = text_decoder(spec.runtime.text_decoding, prep.tokenizer)
         prep.sink.detokenizer = detok
         self._decode_later = detok.wanted if detok else _never
@@ -134,6 +135,7 @@ class Runner:
         window = spec.runtime.window or (engine.info.max_num_seqs or 64)
         old_handlers = self._install_signals()
         t_gen = time.monotonic()
+        summary.generate_started_at = time.time()
         try:
             feeder.start()
             self._loop(engine, feeder, committer, progress, window, claimer)
@@ -143,6 +145,7 @@ class Runner:
             if claimer:
                 claimer.stop()
             summary.generate_seconds = time.monotonic() - t_gen
+            summary.generate_ended_at = time.time()
             progress.close()
             engine.close()
             try:
@@ -191,6 +194,7 @@ class Runner:
                     if chunk is None:
                         break
                     pending.extend(chunk)
+                    continue
                 req = pending.popleft()
                 req.decode_later = self._decode_later(req.sampling)
                 error = req.error or engine.add(req)

@@ -70,6 +70,9 @@ class Summary:
     wall_seconds: float = 0.0
     engine_start_seconds: float = 0.0
     generate_seconds: float = 0.0
+    # Wall-clock (epoch seconds) of generation's start and end: a node's engines are compared on them.
+    generate_started_at: float = 0.0
+    generate_ended_at: float = 0.0
     upload_retries: int = 0
     upload_wait_seconds: float = 0.0
     interrupted: bool = False

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchgen.checkpoint import META, Ledger
+from batchgen.checkpoint import META, Ledger, planned_units
 from batchgen.errors import BatchgenError
 from batchgen.io.reader import check_columns
 from batchgen.io.store import Store
 from batchgen.jobfile import diff_fields, fingerprint
-from batchgen.plan import Unit, discover_shards, plan_units
+from batchgen.plan import Unit, discover_shards
 from batchgen.prompts import Renderer
 from batchgen.rowcheck import RowScan, scan_rows
 from batchgen.spec import JobSpec, ModelSpec
@@ -122,7 +122,7 @@ def _check_input(spec: JobSpec, v: Validation) -> list[Unit]:
     if len(good) < len(shards):
         return []  # unit keys depend on the whole shard list: plan only a job the run would accept
     try:
-        units = plan_units(spec.input, shards)
+        units = planned_units(spec, shards)
     except BatchgenError as e:
         v.problems.append(Problem("input", e.message, where=e.where, fix=e.fix))
         return []

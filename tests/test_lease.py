@@ -171,3 +171,24 @@ def test_claimer_waits_for_a_live_lease_then_takes_it_when_it_expires(store):
     t.join(timeout=5)
     claimer.stop()
     assert [u.key for u in got] == ["s@0"] and not claimer.waiting
+
+
+def test_claimer_grants_the_next_unit_once_the_last_is_fed_not_committed(store):
+    """Two units open at most (one feeding, one read ahead); a unit whose rows are all in the engine frees its
+    slot at once, so the engine never drains its window waiting for a commit before the next claim."""
+    units = [Unit(key=f"s@{i * 10}", shard="s", row_start=i * 10, row_end=i * 10 + 10, row_groups=(i,)) for i in range(4)]
+    ledger = Ledger(store, units)
+    ledger.load()
+    claimer = Claimer(LeaseBook(store, "me", 10.0, clock=Clock()), ledger, units, tick_seconds=0.05)
+    it = claimer.units()
+    first, second = next(it), next(it)
+    got: list[Unit] = []
+    t = threading.Thread(target=lambda: got.append(next(it)))
+    t.start()
+    t.join(timeout=0.5)
+    assert t.is_alive() and not got and claimer.waiting  # two open: no third claim
+    claimer.fed(first.key)  # its rows are in the engine; nothing is committed
+    t.join(timeout=5)
+    claimer.stop()
+    assert got and got[0].key not in (first.key, second.key)
+    assert ledger.remaining() == 40

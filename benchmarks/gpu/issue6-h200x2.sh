@@ -29,8 +29,7 @@ B)
   run -w S --methods raw1 --out "$res/raw"
   run -w S --methods batchgen --out "$res/bg"
   run -w S --methods batchgen --out "$res/vdec" --set runtime.text_decoding=vllm
-  run -w S --methods batchgen1 --out "$res/1c"
-  run -w S --methods batchgen --out "$res/bg-again" ;;
+  run -w S --methods batchgen1 --out "$res/1c" ;;
 C)
   run -w S --rows 40000 --methods batchgen --out "$res/e1" --set runtime.num_engines=1
   run -w S --rows 40000 --methods batchgen --out "$res/e2" --set runtime.num_engines=2 ;;
