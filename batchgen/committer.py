@@ -12,7 +12,6 @@ from typing import Callable
 import pyarrow as pa
 
 from batchgen.checkpoint import STATS, Ledger, part_name
-from batchgen.detok import Detokenizer
 from batchgen.io.parts import OutputRow, build_table, to_parquet_bytes
 from batchgen.stats import Counters, part_stats_bytes
 
@@ -33,7 +32,6 @@ class PartSink:
     worker: str
     job_fingerprint: str
     on_part: Callable[[str, int, list[OutputRow]], None] | None = None  # extra files per part (OpenAI JSONL)
-    detokenizer: Detokenizer | None = None  # decodes rows that came back as token ids
 
 
 class Committer:
@@ -123,8 +121,6 @@ class Committer:
     def _commit(self, unit: str, rows: list[OutputRow]) -> None:
         s = self.sink
         t0 = time.monotonic()
-        if s.detokenizer is not None:
-            s.detokenizer.fill(rows)
 
         def encode(fresh: list[OutputRow], seq: int) -> bytes:
             meta = {"unit": unit, "seq": seq, "worker": s.worker, "job": s.job_fingerprint}

@@ -35,7 +35,6 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    decode_later: bool = False  # the engine returns token ids; batchgen decodes the text (batchgen.detok)
 
     @property
     def key(self) -> str:

@@ -17,11 +17,10 @@ from typing import Callable
 from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest, recorded_unit_rows
 from batchgen.claim import FEEDER_OPTIONS, Claimer, start_claimer
 from batchgen.committer import Committer, PartSink
-from batchgen.detok import text_decoder
-from batchgen.engine import Completion, Engine, start_engine
+from batchgen.engine import Engine, start_engine
 from batchgen.errors import Interrupted
 from batchgen.feeder import Feeder
-from batchgen.io.parts import OutputRow, PendingText, output_schema
+from batchgen.io.parts import OutputRow, output_schema
 from batchgen.io.reader import ROW_INDEX, check_columns
 from batchgen.io.store import Store
 from batchgen.jobfile import fingerprint
@@ -29,7 +28,7 @@ from batchgen.observers import RunObserver
 from batchgen.plan import Unit, assign, discover_shards, plan_job
 from batchgen.progress import Progress
 from batchgen.prompts import Renderer, Request
-from batchgen.spec import JobSpec, SamplingSpec
+from batchgen.spec import JobSpec
 from batchgen.stats import Summary
 from batchgen.tokenizer import load_tokenizer
 
@@ -69,7 +68,6 @@ class Runner:
         self.spec, self.opts = spec, opts or RunOptions()
         self._stop_deadline: float | None = None
         self._hard_stop = False
-        self._decode_later: Callable[[SamplingSpec], bool] = _never
 
     # -- before the engine ---------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -125,9 +123,6 @@ class Runner:
             if spec.runtime.elastic or self.opts.claim else None
         feeder = Feeder(spec, claimer.units() if claimer else prep.units, prep.ledger.done_mask, renderer,
                         [*spec.input_columns()], **(dict(FEEDER_OPTIONS, on_unit_fed=claimer.fed) if claimer else {}))
-        detok = text_decoder(spec.runtime.text_decoding, prep.tokenizer)
-        prep.sink.detokenizer = detok
-        self._decode_later = detok.wanted if detok else _never
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress(spec.runtime.progress, prep.ledger.remaining(), spec.name or "batchgen", spec.runtime.progress_seconds)
         # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
@@ -196,7 +191,6 @@ class Runner:
                     pending.extend(chunk)
                     continue
                 req = pending.popleft()
-                req.decode_later = self._decode_later(req.sampling)
                 error = req.error or engine.add(req)
                 if error:
                     finish([_error_row(req, error)], [req.unit])
@@ -274,15 +268,10 @@ class Runner:
         return True
 
 
-def _output_row(req: Request, c: Completion) -> OutputRow:
-    pending = None if c.token_ids is None else PendingText(req.token_ids, c.token_ids, req.sampling.skip_special_tokens)
+def _output_row(req: Request, c) -> OutputRow:
     return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
                      output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
-                     error=c.error, passthrough=req.passthrough, pending_text=pending)
-
-
-def _never(_sampling: SamplingSpec) -> bool:
-    return False
+                     error=c.error, passthrough=req.passthrough)
 
 
 def _error_row(req: Request, error: str) -> OutputRow:

@@ -163,7 +163,6 @@ class RuntimeSpec(Strict):
     window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 on GPU); 64 if unknown.")
     order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
     ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
-    text_decoding: Literal["batchgen", "vllm"] = Field("batchgen", description="batchgen: vLLM returns token ids and batchgen decodes each finished row in its commit thread, with vLLM's algorithm (the same text), keeping the engine's front end free; rows with stop strings are always decoded by vLLM. vllm: vLLM decodes every token while generating.")
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")
     progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="auto: a bar on a terminal, periodic lines otherwise (cron, SLURM logs).")
     progress_seconds: float = Field(30.0, gt=0, description="Interval of the plain progress lines.")

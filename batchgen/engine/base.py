@@ -19,8 +19,6 @@ class Completion:
     prompt_tokens: int
     cached_tokens: int
     error: str | None = None
-    # Set instead of `texts` when the request asked for token ids only (Request.decode_later).
-    token_ids: list[list[int]] | None = None
 
 
 @dataclass

@@ -106,13 +106,12 @@ class VllmEngine:
             VLLMValidationError = ValueError  # noqa: N806
         self._validation_error = VLLMValidationError
         self._live: set[str] = set()
-        self._ids_only: set[str] = set()  # requests vLLM does not detokenize (batchgen decodes them)
 
     @property
     def max_prompt_tokens(self) -> int | None:
         return self.info.max_model_len - 1 if self.info.max_model_len else None
 
-    def params(self, s: SamplingSpec, seed: int, detokenize: bool = True):
+    def params(self, s: SamplingSpec, seed: int):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -122,17 +121,15 @@ class VllmEngine:
             frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
             stop=s.stop or None, stop_token_ids=s.stop_token_ids or None, ignore_eos=s.ignore_eos,
             skip_special_tokens=s.skip_special_tokens, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY,
-            **({} if detokenize else {"detokenize": False}), **s.extra,
+            **s.extra,
         )
 
     def add(self, req: Request) -> str | None:
         try:
-            self._engine.add_request(req.key, {"prompt_token_ids": req.token_ids}, self.params(req.sampling, req.seed, not req.decode_later))
+            self._engine.add_request(req.key, {"prompt_token_ids": req.token_ids}, self.params(req.sampling, req.seed))
         except (ValueError, TypeError, self._validation_error) as e:
             return f"rejected by vLLM: {e}"
         self._live.add(req.key)
-        if req.decode_later:
-            self._ids_only.add(req.key)
         return None
 
     def step(self) -> list[Completion]:
@@ -141,12 +138,9 @@ class VllmEngine:
             if not out.finished:
                 continue
             self._live.discard(out.request_id)
-            ids_only = out.request_id in self._ids_only
-            self._ids_only.discard(out.request_id)
             done.append(Completion(
                 key=out.request_id,
-                texts=[] if ids_only else [c.text for c in out.outputs],
-                token_ids=[list(c.token_ids) for c in out.outputs] if ids_only else None,
+                texts=[c.text for c in out.outputs],
                 finish_reasons=[str(c.finish_reason) for c in out.outputs],
                 output_tokens=[len(c.token_ids) for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids or []),
@@ -162,7 +156,6 @@ class VllmEngine:
         if keys:
             self._engine.abort_request(keys)
         self._live.clear()
-        self._ids_only.clear()
         return keys
 
     def close(self) -> None:

@@ -42,15 +42,6 @@ def output_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
 
 
 @dataclass
-class PendingText:
-    """A row's output as token ids, to be decoded into `OutputRow.texts` before it is written."""
-
-    prompt_ids: list[int]
-    token_ids: list[list[int]]  # per completion
-    skip_special_tokens: bool
-
-
-@dataclass
 class OutputRow:
     """One finished row, successful or not."""
 
@@ -64,7 +55,6 @@ class OutputRow:
     cached_tokens: int = 0
     error: str | None = None
     passthrough: dict[str, Any] = field(default_factory=dict)
-    pending_text: PendingText | None = None  # texts not decoded yet (see batchgen.detok)
 
 
 def build_table(schema: pa.Schema, id_column: str, rows: Sequence[OutputRow]) -> pa.Table:

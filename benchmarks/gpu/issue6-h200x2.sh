@@ -5,7 +5,9 @@
 #   A  two queues at once, one per GPU: S (GPU 0) beside W1 then W3 (GPU 1). Shown to distort S (below).
 #   B  workload S alone on GPU 0: raw one call, batchgen, batchgen decoding in vLLM, batchgen with one commit
 #   C  scale-out: S with 40,000 rows, one engine on one GPU, then two engines on two GPUs (issue 5)
-#   D  W1 alone on GPU 0: raw one call, batchgen
+#   D  W1 alone on GPU 0: raw one call, batchgen (not run: device time)
+# A and B ran at commit 333899e, where batchgen decoded text itself by default (runtime.text_decoding:
+# batchgen); measured slower than vLLM's decoding (docs/benchmarks.md), that option was removed after.
 set -u
 export PYTHONPATH=/tmp/gpu-site:$PWD PYTHONUNBUFFERED=1
 block=${1:?block A, B, C or D}
