@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from batchgen.errors import BatchgenError, OutputError, StorageError, StorageUnavailable
 from batchgen.io.store import Store
 from batchgen.jobfile import diff_fields, fingerprint
-from batchgen.plan import LEGACY_UNIT_ROWS, Unit, plan_units
+from batchgen.plan import LEGACY_UNIT_ROWS, Plan, Unit, plan_job
 from batchgen.spec import JobSpec
 
 log = logging.getLogger("batchgen")
@@ -67,13 +67,19 @@ def recorded_unit_rows(store: Store) -> int | None:
     return int(old.get("plan", {}).get("unit_rows", LEGACY_UNIT_ROWS))
 
 
-def planned_units(spec: JobSpec, shards: list[str]) -> list[Unit]:
-    """The units of the job as its runs cut them: with the recorded unit size once the output has one."""
+def planned_units(spec: JobSpec, shards: list[str]) -> tuple[Plan, str]:
+    """The job's units as its runs cut them (with the recorded unit size once the output has one), and
+    where their size came from."""
     try:
         recorded = recorded_unit_rows(Store.open(spec.output.path, spec.output.storage))
     except BatchgenError:  # no readable output yet: the plan a first run would make
         recorded = None
-    return plan_units(spec.input, shards, recorded)
+    plan = plan_job(spec.input, shards, recorded)
+    if recorded is not None:
+        source = "recorded in _batchgen/job.json by the job's first run"
+    else:
+        source = "input.unit_rows" if spec.input.unit_rows is not None else "automatic: about 1/128 of the input's rows"
+    return plan, source
 
 
 def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int | None = None) -> None:

@@ -164,7 +164,8 @@ def plan(
 
     try:
         spec = load_job(job, None, sets)
-        units = planned_units(spec, discover_shards(spec.input))
+        plan, source = planned_units(spec, discover_shards(spec.input))
+        units = plan.units
         shares = {r: assign(units, r, world_size) for r in range(world_size)}
     except BatchgenError as e:
         _fail(e)
@@ -173,7 +174,8 @@ def plan(
         typer.echo(json.dumps({r: [{"unit": u.key, "shard": u.shard, "rows": [u.row_start, u.row_end]} for u in us]
                                for r, us in shares.items()}, indent=1))
         return
-    typer.echo(f"{len(units)} work units, {sum(u.rows for u in units)} rows, {world_size} worker(s)")
+    typer.echo(f"{len(units)} work units, {sum(u.rows for u in units)} rows, {world_size} worker(s); "
+               f"units of about {plan.unit_rows} rows ({source})")
     for r, us in shares.items():
         typer.echo(f"rank {r}: {len(us)} units, {sum(u.rows for u in us)} rows")
         for u in us:

@@ -19,6 +19,7 @@ from batchgen.prompts import Renderer, Request, order_by_prefix
 from batchgen.spec import JobSpec
 
 _END = object()
+FIRST_CHUNK_ROWS = 64  # then x4 per chunk up to the full look-ahead (ordering_rows)
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,6 @@ class _UnitFed:
     """Queued after a unit's last chunk (by_unit): once taken, every row before it is in the engine."""
 
     key: str
-
-FIRST_CHUNK_ROWS = 64  # then x4 per chunk up to the full look-ahead (ordering_rows)
 
 
 class Feeder:

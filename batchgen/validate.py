@@ -122,7 +122,7 @@ def _check_input(spec: JobSpec, v: Validation) -> list[Unit]:
     if len(good) < len(shards):
         return []  # unit keys depend on the whole shard list: plan only a job the run would accept
     try:
-        units = planned_units(spec, shards)
+        units = planned_units(spec, shards)[0].units
     except BatchgenError as e:
         v.problems.append(Problem("input", e.message, where=e.where, fix=e.fix))
         return []

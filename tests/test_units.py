@@ -9,8 +9,10 @@ import logging
 import time
 
 import pyarrow.parquet as pq
+from typer.testing import CliRunner
 
 from batchgen.checkpoint import recorded_unit_rows
+from batchgen.cli import app
 from batchgen.engine.base import Completion
 from batchgen.engine.instant import InstantEngine
 from batchgen.io.store import Store
@@ -19,7 +21,7 @@ from batchgen.plan import auto_unit_rows, discover_shards, plan_job
 from batchgen.prompts import Request
 from batchgen.runner import RunOptions, Runner
 from batchgen.spec import JobSpec, StorageSpec
-from tests.conftest import job_dict, write_shards
+from tests.conftest import job_dict, write_job, write_shards
 from tests.outputs import stats_rows, texts_each_id_once
 
 
@@ -61,6 +63,11 @@ def test_first_run_fixes_the_plan(tmp_path, tiny_model, caplog):
     assert sorted(rows) == sorted(ids)  # each id exactly once
     assert {p.name.rsplit(".", 2)[0] for p in (out / "parts").glob("*.parquet")} == units
     assert json.loads((out / "_batchgen" / "job.json").read_text())["plan"] == {"unit_rows": 20}
+    # `batchgen plan` shows the plan the runs use, and why.
+    job = write_job(tmp_path / "job.yaml", job_dict(tiny_model, tmp_path / "in", out, input={"unit_rows": 40}))
+    shown = CliRunner().invoke(app, ["plan", str(job)])
+    assert shown.exit_code == 0 and "6 work units, 120 rows" in shown.output
+    assert "units of about 20 rows (recorded in _batchgen/job.json by the job's first run)" in shown.output
 
 
 def test_manifest_without_a_plan_means_the_old_default(tmp_path):
