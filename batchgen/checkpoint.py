@@ -82,8 +82,9 @@ def planned_units(spec: JobSpec, shards: list[str]) -> tuple[Plan, str]:
     return plan, source
 
 
-def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int | None = None) -> None:
-    """Refuse to resume into output written with settings that change results, unless forced.
+def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int) -> None:
+    """Refuse to resume into output written with settings that change results, unless forced; record
+    `unit_rows`, the size the units were cut with (on a resume, the recorded one: recorded_unit_rows).
 
     Also the job's first write: a missing bucket or denied access fails here, before the engine starts,
     as a bad job (exit 2). A store that is only unreachable stays StorageUnavailable (exit 75, rerun).
@@ -96,7 +97,7 @@ def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int 
         raise OutputError(e.message, where=e.where, fix=e.fix) from e
 
 
-def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int | None) -> None:
+def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int) -> None:
     digest, fields = fingerprint(spec)
     rel = f"{META}/job.json"
     try:
@@ -111,12 +112,7 @@ def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int
             fix="use another output.path, or pass --force to resume anyway (old and new rows will be mixed)",
         )
     if old is None or old.get("fingerprint") != digest:
-        record = {"fingerprint": digest, "fields": fields, "written": time.time()}
-        plan = (old or {}).get("plan") or ({"unit_rows": unit_rows} if unit_rows else None)
-        if old is not None and plan is None:
-            plan = {"unit_rows": LEGACY_UNIT_ROWS}  # --force over an old manifest: its units stay as they were
-        if plan:
-            record["plan"] = plan
+        record = {"fingerprint": digest, "fields": fields, "written": time.time(), "plan": {"unit_rows": unit_rows}}
         store.put(rel, json.dumps(record, indent=1).encode())
 
 
