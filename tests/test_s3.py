@@ -140,6 +140,16 @@ def test_transient_errors_are_retried(s3, status, code):
     assert store.retry.retried >= 1
 
 
+def test_every_retry_is_ours(s3):
+    """botocore makes one attempt per call: each retry goes through our policy (counted, bounded, jittered)."""
+    store = store_at(s3, f"s3://{s3.make_bucket()}/out", retries=6)
+    injected_before = s3.faults.injected
+    s3.faults.fail(503, "SlowDown", methods={"PUT"}, count=1)
+    store.put("parts/x", b"data")
+    assert store.retry.retried == 1
+    assert s3.faults.injected - injected_before == 1
+
+
 def test_connection_refused_is_retried(s3):
     store = store_at(s3, f"s3://{s3.make_bucket()}/out", retries=30, retry_max_seconds=0.2)
     s3.stop()
@@ -222,6 +232,7 @@ def test_redaction(text, secret_part):
 def test_missing_output_bucket_fails_before_the_engine(s3, tiny_model, tmp_path):
     write_shards(tmp_path / "in", shards=1, rows=5)
     spec = validate(s3_job(tiny_model, s3, tmp_path / "in", "s3://no-such-bucket-bg/out"))
+    import vllm.engine.arg_utils  # noqa: F401 - importing vLLM (~10 s, on the first test that does) is not what this times
     t0 = time.monotonic()
     with pytest.raises(OutputError) as err:
         Runner(spec, RunOptions(engine_factory=no_engine)).run()

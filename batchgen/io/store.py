@@ -45,7 +45,8 @@ def storage_options(url: str, spec: StorageSpec, client_attempts: int = 2) -> di
     if spec.secret is not None:
         opts["secret"] = spec.secret.get_secret_value()
     # botocore's own retries stay small: ours (with jitter and a clear final error) wrap every call.
-    opts["config_kwargs"] = {"retries": {"max_attempts": client_attempts, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30}
+    # total_max_attempts counts the first request; botocore's `max_attempts` would add one retry more.
+    opts["config_kwargs"] = {"retries": {"total_max_attempts": client_attempts, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30}
     opts["skip_instance_cache"] = True
     return opts
 
