@@ -22,8 +22,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
+from batchgen.affinity import plan_affinity
 from batchgen.checkpoint import SUCCESS
 from batchgen.errors import EXIT_FAILED, EXIT_INTERRUPTED, SpecError
 from batchgen.io.store import Store
@@ -110,26 +111,23 @@ def child_command(run: NodeRun, spec: JobSpec, index: int) -> list[str]:
     return cmd + (["--force"] if run.force else []) + (["--verbose"] if run.verbose else [])
 
 
-def engine_env(base: Mapping[str, str], gpus: Sequence[str], cores: str | None) -> dict[str, str]:
-    """An engine's environment: pinned to its GPUs, or (CPU engines) to its cores unless the user chose."""
+def engine_env(base: Mapping[str, str], gpus: Sequence[str], cores: Sequence[int]) -> dict[str, str]:
+    """An engine's environment: pinned to its GPUs, or (CPU engines) its OpenMP threads to its cores
+    unless the user chose (vLLM's CPU backend binds one thread per core; left to itself, every engine
+    binds every core, and their threads spinning on the same cores slow each other several-fold)."""
     env = dict(base)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     elif cores and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
     return env
 
 
-def cpu_groups(cpus: Sequence[int], engines: int) -> list[str]:
-    """Disjoint core lists for CPU engines (vLLM's CPU backend binds one OpenMP thread per core).
-
-    Left to itself every engine binds every core, and OpenMP threads of different engines spinning
-    on the same cores slow each other several-fold. With fewer cores than engines, engines share
-    a core rather than all of them.
-    """
-    groups = max(1, min(engines, len(cpus)))
-    size = len(cpus) // groups
-    return [",".join(str(c) for c in cpus[g * size:(g + 1) * size]) for g in range(groups)] if cpus else []
+def pin_to(cores: Sequence[int]) -> Callable[[], None]:
+    """A Popen preexec_fn: the child, and every process it starts, runs on `cores` only."""
+    def pin() -> None:
+        os.sched_setaffinity(0, cores)
+    return pin
 
 
 def die_with_parent() -> None:
@@ -154,12 +152,15 @@ class Supervisor:
     def start(self) -> None:
         for worker in self.workers:  # a summary left by an earlier run must not pass for this one's
             self.prep.store.delete(summary_name(worker))
-        cores = cpu_groups(sorted(os.sched_getaffinity(0)), self.layout.num_engines)
+        pinned = self.spec.runtime.cpu_affinity == "auto"
+        cores = plan_affinity(sorted(os.sched_getaffinity(0)), self.layout.groups) if pinned \
+            else [[] for _ in self.layout.groups]
         for i, gpus in enumerate(self.layout.groups):
-            env = engine_env(self.run.env, gpus, cores[i % len(cores)] if cores else None)
+            env = engine_env(self.run.env, gpus, cores[i])
             # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which forwards it once.
             proc = subprocess.Popen(child_command(self.run, self.spec, i), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=pin_to(cores[i]) if gpus and cores[i] else None)
             self.procs.append(proc)
             log.info("engine e%d: pid %d, %s", i, proc.pid, f"GPUs {','.join(gpus)}" if gpus else "CPU")
         for i, proc in enumerate(self.procs):

@@ -169,6 +169,7 @@ class RuntimeSpec(Strict):
     engine: Literal["vllm", "instant"] = Field("vllm", description="`instant` replaces the model by an echo that costs nothing: measures batchgen's own per-row cost.")
     gpus_per_engine: int | None = Field(None, ge=1, description="GPUs per engine process (tensor parallel). Default: model.tensor_parallel_size.")
     num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine (1 without GPUs).")
+    cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
     metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")

@@ -15,7 +15,7 @@ import pytest
 
 from batchgen.errors import SpecError
 from batchgen.jobfile import validate
-from batchgen.node import NodeRun, child_command, cpu_groups, engine_env, engine_layout
+from batchgen.node import NodeRun, child_command, engine_env, engine_layout
 from batchgen.runner import RunOptions, Runner
 from batchgen.spec import ModelSpec, RuntimeSpec
 from tests.conftest import ROOT, job_dict, write_job, write_shards
@@ -70,12 +70,11 @@ def test_engine_layout_refuses_more_gpus_than_visible():
 
 
 def test_engines_are_pinned_and_run_the_same_job(tmp_path):
-    assert engine_env({"PATH": "/bin"}, ("2", "3"), "0")["CUDA_VISIBLE_DEVICES"] == "2,3"
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env({}, ("2",), "0")
-    assert engine_env({}, (), "4,5")["VLLM_CPU_OMP_THREADS_BIND"] == "4,5"
-    assert engine_env({"VLLM_CPU_OMP_THREADS_BIND": "all"}, (), "4,5")["VLLM_CPU_OMP_THREADS_BIND"] == "all"
-    assert cpu_groups(list(range(8)), 2) == ["0,1,2,3", "4,5,6,7"]
-    assert cpu_groups([0, 1], 4) == ["0", "1"]
+    assert engine_env({"PATH": "/bin"}, ("2", "3"), [0])["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env({}, ("2",), [0])
+    assert engine_env({}, (), [4, 5])["VLLM_CPU_OMP_THREADS_BIND"] == "4,5"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in engine_env({}, (), [])  # runtime.cpu_affinity: off
+    assert engine_env({"VLLM_CPU_OMP_THREADS_BIND": "all"}, (), [4, 5])["VLLM_CPU_OMP_THREADS_BIND"] == "all"
 
     spec = validate(job_dict(Path("/m"), tmp_path, tmp_path / "out", runtime={"metrics_textfile": "/x/batchgen.prom"}))
     run = NodeRun(job=Path("job.yaml"), flags={"max_tokens": 64, "model": "/models/a b"}, sets=["runtime.window=8"],
