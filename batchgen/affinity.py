@@ -21,6 +21,9 @@ from typing import Mapping, Sequence
 log = logging.getLogger("batchgen")
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
+# A GPU engine keeps about three threads busy (vLLM's engine core loop, its output processing, batchgen's
+# reader/tokenizer); with fewer cores per engine than this, engines are not pinned.
+MIN_GPU_ENGINE_CORES = 4
 
 
 def parse_cpulist(text: str) -> list[int]:
@@ -104,10 +107,19 @@ def _disjoint(groups: Sequence[Sequence[int]]) -> bool:
 
 
 def plan_affinity(allowed: Sequence[int], gpu_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Core groups for the engines of this machine (GPU topology from nvidia-smi and sysfs)."""
-    bus = gpu_bus_ids() if any(gpu_groups) else {}
+    """Core groups for the engines of this machine (GPU topology from nvidia-smi and sysfs).
+
+    GPU engines are left unpinned (empty groups) when a group would have fewer than
+    MIN_GPU_ENGINE_CORES: an engine's busy threads then do better sharing every core than queueing on few.
+    """
+    gpu = any(gpu_groups)
+    bus = gpu_bus_ids() if gpu else {}
     local = {g: local_cpus(bus[g]) for gpus in gpu_groups for g in gpus if g in bus}
     groups, numa = engine_cpu_groups(allowed, gpu_groups, local)
+    if gpu and min(len(g) for g in groups) < MIN_GPU_ENGINE_CORES:
+        log.info("engine cores: not pinned (%d cores for %d engines; pinning needs %d per engine)",
+                 len(allowed), len(gpu_groups), MIN_GPU_ENGINE_CORES)
+        return [[] for _ in gpu_groups]
     log.info("engine cores (%s): %s", "near their GPUs" if numa else "equal slices",
              "; ".join(f"e{i} {format_cpulist(g)}" for i, g in enumerate(groups)))
     return groups

@@ -68,6 +68,7 @@ class Runner:
         self.spec, self.opts = spec, opts or RunOptions()
         self._stop_deadline: float | None = None
         self._hard_stop = False
+        self._last_result_at: float | None = None  # monotonic time of the last row out of the engine
 
     # -- before the engine ---------------------------------------------------------------------
     def prepare(self) -> Prepared:
@@ -139,8 +140,10 @@ class Runner:
             feeder.stop()
             if claimer:
                 claimer.stop()
-            summary.generate_seconds = time.monotonic() - t_gen
-            summary.generate_ended_at = time.time()
+            # Generation ends with the last result, not when this worker stops waiting for the node's
+            # other engines to commit their last units (it stays in case one dies and leaves them).
+            summary.generate_seconds = (self._last_result_at or time.monotonic()) - t_gen
+            summary.generate_ended_at = summary.generate_started_at + summary.generate_seconds
             progress.close()
             engine.close()
             try:
@@ -175,6 +178,7 @@ class Runner:
 
         def finish(rows: list[OutputRow], unit_of: list[str]) -> None:
             nonlocal n_finished
+            self._last_result_at = time.monotonic()
             for row, unit in zip(rows, unit_of):
                 finished.setdefault(unit, []).append(row)
             n_finished += len(rows)

@@ -167,6 +167,7 @@ class RuntimeSpec(Strict):
     progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="auto: a bar on a terminal, periodic lines otherwise (cron, SLURM logs).")
     progress_seconds: float = Field(30.0, gt=0, description="Interval of the plain progress lines.")
     engine: Literal["vllm", "instant"] = Field("vllm", description="`instant` replaces the model by an echo that costs nothing: measures batchgen's own per-row cost.")
+    instant_rows_per_second: float = Field(0.0, ge=0, description="engine: instant only. Finish rows at this steady rate (0: at once): an engine of fixed speed without a GPU, to measure scale-out overheads (python -m benchmarks.scaleout).")
     gpus_per_engine: int | None = Field(None, ge=1, description="GPUs per engine process (tensor parallel). Default: model.tensor_parallel_size.")
     num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine (1 without GPUs).")
     cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
@@ -174,6 +175,12 @@ class RuntimeSpec(Strict):
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
     metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
     metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
+
+    @model_validator(mode="after")
+    def _pace_needs_instant(self) -> RuntimeSpec:
+        if self.instant_rows_per_second and self.engine != "instant":
+            raise ValueError("runtime.instant_rows_per_second paces the instant engine only: set runtime.engine: instant, or remove it")
+        return self
 
 
 class JobSpec(Strict):

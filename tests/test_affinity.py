@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from batchgen.affinity import engine_cpu_groups, even_groups, format_cpulist, local_cpus, parse_cpulist
+from batchgen import affinity
+from batchgen.affinity import engine_cpu_groups, even_groups, format_cpulist, local_cpus, parse_cpulist, plan_affinity
 from batchgen.node import pin_to
 
 # Two sockets of 8 cores, cores numbered socket by socket; GPU 0 hangs off the second socket.
@@ -67,3 +68,10 @@ def test_a_pinned_engine_process_runs_on_its_cores_only():
     out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                          preexec_fn=pin_to([core]), capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"[{core}]"
+
+
+def test_gpu_engines_with_too_few_cores_are_not_pinned(monkeypatch):
+    monkeypatch.setattr(affinity, "gpu_bus_ids", dict)  # no topology, as on a machine without nvidia-smi
+    assert plan_affinity(list(range(6)), [("0",), ("1",)]) == [[], []]  # 3 cores each: below the floor
+    assert plan_affinity(list(range(8)), [("0",), ("1",)]) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert plan_affinity([0, 1], [(), (), ()]) == [[0], [1], [0]]  # CPU engines: vLLM binds its threads anyway

@@ -64,3 +64,25 @@ def test_hostcost_instant_engine(tmp_path):
     r = json.loads(result.read_text())
     assert r["rows"] == 3000 and r["errors"] == 0 and r["rows_per_cpu_s"] > 0
     assert r["first_step_after_ready_s"] < 2.0
+
+
+def test_scaleout_paced_engines(tmp_path):
+    """Two paced instant engines as a real node (supervisor, leases, parts): every row once, and no engine
+    beats its pace (the pace is what makes N x one engine the ceiling)."""
+    result = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "benchmarks.scaleout", "--rows", "1200", "--engines", "1,2", "--rate", "600",
+           "--prompt-tokens", "16", "--unit-rows", "200", "--work", str(tmp_path / "work"), "--out", str(result)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one, two = json.loads(result.read_text())["results"]
+    assert (one["engines"], two["engines"]) == (1, 2)
+    assert one["rows"] == two["rows"] == 1200 and one["vs_1_engine"] == 1.0
+    assert len(two["per_engine_rows_per_s"]) == 2 and two["vs_1_engine"] > 0
+    for r in (one, two):
+        assert max(r["per_engine_rows_per_s"]) <= 600 * 1.02, r
+        assert r["window_s"] >= 1200 / 600 / r["engines"] * 0.98, r
+    out = tmp_path / "work" / "runs" / "scaleout-1200-e2" / "out"
+    from tests.outputs import texts_each_id_once
+
+    texts_each_id_once(out, [f"r{i:09d}" for i in range(1200)])
+    assert "| 2 |" in result.with_suffix(".md").read_text()

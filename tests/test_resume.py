@@ -79,17 +79,20 @@ def assert_no_duplicates(out: Path) -> list[dict]:
     return rows
 
 
-def test_kill_and_resume_exactly_once(vllm_engine, tiny_model, tmp_path):
+def test_kill_and_resume_exactly_once(tiny_model, tmp_path):
     ids = write_shards(tmp_path / "in", shards=2, rows=120, row_group=40)
     out = tmp_path / "out"
     base = job_dict(tiny_model, tmp_path / "in", out, sampling={"temperature": 0, "max_tokens": 48},
                     runtime={"window": 4, "progress": "lines", "progress_seconds": 0.2})
+    # float32: the runs below batch rows differently (when they start, how busy the machine is), and bf16
+    # rounding then flips a near-tied greedy token now and then (seen once in CI under load).
+    base["model"]["dtype"] = "float32"
     job = tmp_path / "job.yaml"
 
-    # Reference: the same job, uninterrupted (same engine settings, in this process).
-    reference = {}
-    ref_spec = validate({**base, "output": {"path": str(tmp_path / "ref")}})
-    Runner(ref_spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
+    # Reference: the same job, uninterrupted, in a process of its own like the runs below.
+    write_job(job, {**base, "output": {"path": str(tmp_path / "ref")}})
+    run = Run(job)
+    assert run.proc.wait(timeout=300) == 0, "".join(run.lines[-30:])
     reference = {r["id"]: r["text"] for r in committed(tmp_path / "ref")}
     assert sorted(reference) == sorted(ids)
 
