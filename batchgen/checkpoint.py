@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from batchgen.errors import BatchgenError, OutputError, StorageError, StorageUnavailable
 from batchgen.io.store import Store
 from batchgen.jobfile import diff_fields, fingerprint
-from batchgen.plan import LEGACY_UNIT_ROWS, Plan, Unit, plan_job
+from batchgen.plan import Plan, PlanRule, Unit, plan_job
 from batchgen.spec import JobSpec
 
 log = logging.getLogger("batchgen")
@@ -50,8 +50,8 @@ def parse_part(name: str) -> tuple[str, int] | None:
     return (m["unit"], int(m["seq"])) if m else None
 
 
-def recorded_unit_rows(store: Store) -> int | None:
-    """The unit size the job's first run planned with (None: no run yet). Manifests older than recorded
+def recorded_plan(store: Store) -> PlanRule | None:
+    """The rule the job's first run cut its units with (None: no run yet). Manifests older than recorded
     plans were cut with the old fixed default."""
     rel = f"{META}/job.json"
     try:
@@ -64,14 +64,14 @@ def recorded_unit_rows(store: Store) -> int | None:
         raise OutputError(e.message, where=e.where, fix=e.fix) from e
     if old is None:
         return None
-    return int(old.get("plan", {}).get("unit_rows", LEGACY_UNIT_ROWS))
+    return PlanRule.from_record(old.get("plan"))
 
 
 def planned_units(spec: JobSpec, shards: list[str]) -> tuple[Plan, str]:
     """The job's units as its runs cut them (with the recorded unit size once the output has one), and
     where their size came from."""
     try:
-        recorded = recorded_unit_rows(Store.open(spec.output.path, spec.output.storage))
+        recorded = recorded_plan(Store.open(spec.output.path, spec.output.storage))
     except BatchgenError:  # no readable output yet: the plan a first run would make
         recorded = None
     plan = plan_job(spec.input, shards, recorded)
@@ -82,22 +82,22 @@ def planned_units(spec: JobSpec, shards: list[str]) -> tuple[Plan, str]:
     return plan, source
 
 
-def check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int) -> None:
+def check_job_manifest(store: Store, spec: JobSpec, force: bool, rule: PlanRule) -> None:
     """Refuse to resume into output written with settings that change results, unless forced; record
-    `unit_rows`, the size the units were cut with (on a resume, the recorded one: recorded_unit_rows).
+    `rule`, how the units were cut (on a resume, the recorded one: recorded_plan).
 
     Also the job's first write: a missing bucket or denied access fails here, before the engine starts,
     as a bad job (exit 2). A store that is only unreachable stays StorageUnavailable (exit 75, rerun).
     """
     try:
-        _check_job_manifest(store, spec, force, unit_rows)
+        _check_job_manifest(store, spec, force, rule)
     except StorageUnavailable:
         raise
     except StorageError as e:
         raise OutputError(e.message, where=e.where, fix=e.fix) from e
 
 
-def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int) -> None:
+def _check_job_manifest(store: Store, spec: JobSpec, force: bool, rule: PlanRule) -> None:
     digest, fields = fingerprint(spec)
     rel = f"{META}/job.json"
     try:
@@ -112,7 +112,7 @@ def _check_job_manifest(store: Store, spec: JobSpec, force: bool, unit_rows: int
             fix="use another output.path, or pass --force to resume anyway (old and new rows will be mixed)",
         )
     if old is None or old.get("fingerprint") != digest:
-        record = {"fingerprint": digest, "fields": fields, "written": time.time(), "plan": {"unit_rows": unit_rows}}
+        record = {"fingerprint": digest, "fields": fields, "written": time.time(), "plan": rule.as_record()}
         store.put(rel, json.dumps(record, indent=1).encode())
 
 

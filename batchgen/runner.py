@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest, recorded_unit_rows
+from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest, recorded_plan
 from batchgen.claim import FEEDER_OPTIONS, Claimer, start_claimer
 from batchgen.committer import Committer, PartSink
 from batchgen.engine import Engine, start_engine
@@ -78,7 +78,7 @@ class Runner:
         for shard in shards:
             schema = check_columns(spec.input, shard, spec.input_columns())
         store = Store.open(spec.output.path, spec.output.storage)
-        plan = plan_job(spec.input, shards, recorded_unit_rows(store))
+        plan = plan_job(spec.input, shards, recorded_plan(store))
         all_units = plan.units
         mine = list(all_units) if spec.runtime.elastic else assign(all_units, self.opts.rank, self.opts.world_size)
         if self.opts.units is not None:
@@ -90,7 +90,7 @@ class Runner:
 
             check_engine_kwargs(spec.model)
             check_sampling_extra(spec.sampling)
-        check_job_manifest(store, spec, self.opts.force, plan.unit_rows)
+        check_job_manifest(store, spec, self.opts.force, plan.rule)
         ledger = Ledger(store, mine)
         ledger.load()
         sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,

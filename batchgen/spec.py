@@ -36,7 +36,7 @@ class InputSpec(Strict):
     path: str | list[str] = Field(..., description="Parquet file(s), directories or globs; any fsspec URL (local, s3://, memory://).")
     format: Literal["parquet", "openai_batch"] = Field("parquet", description="`parquet` shards, or an OpenAI Batch API requests file (JSONL with custom_id and body).")
     id_column: str = Field("id", description="Column with a unique id per row; copied to the output and used for exactly-once resume.")
-    unit_rows: int | None = Field(None, ge=1, description="Shards are cut into work units of about this many rows (at row-group boundaries); engines, ranks and elastic workers take whole units. Default: about 1/128 of the input's rows, a power of two from 1,024 to 200,000. The job's first run records the value in _batchgen/job.json and later runs keep it.")
+    unit_rows: int | None = Field(None, ge=1, description="Shards are cut into work units of about this many rows (whole row groups; a larger row group is cut into pieces); engines, ranks and elastic workers take whole units. Default: about 1/128 of the input's rows, a power of two from 1,024 to 200,000. The job's first run records the value in _batchgen/job.json and later runs keep it.")
     batch_rows: int = Field(1024, ge=1, le=1_000_000, description="Rows per record batch read from Parquet (memory stays bounded by this, not the shard size).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for the input.")
 

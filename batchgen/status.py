@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Iterable
 
-from batchgen.checkpoint import recorded_unit_rows
+from batchgen.checkpoint import recorded_plan
 from batchgen.errors import BatchgenError
 from batchgen.io.store import Store
 from batchgen.jobstate import OutputState, load_state
@@ -114,7 +114,7 @@ def load_status(spec: JobSpec, now: float | None = None) -> tuple[JobStatus, Out
     state = load_state(store)
     notes: list[str] = []
     try:
-        units: list[Unit] | None = plan_units(spec.input, discover_shards(spec.input), recorded_unit_rows(store))
+        units: list[Unit] | None = plan_units(spec.input, discover_shards(spec.input), recorded_plan(store))
     except BatchgenError as e:
         units = None
         notes.append(f"input not readable ({e.message}): row totals unknown")

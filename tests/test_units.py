@@ -11,13 +11,13 @@ import time
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from batchgen.checkpoint import recorded_unit_rows
+from batchgen.checkpoint import recorded_plan
 from batchgen.cli import app
 from batchgen.engine.base import Completion
 from batchgen.engine.instant import InstantEngine
 from batchgen.io.store import Store
 from batchgen.jobfile import validate
-from batchgen.plan import auto_unit_rows, discover_shards, plan_job
+from batchgen.plan import PlanRule, Unit, auto_unit_rows, cut_shard, discover_shards, plan_job
 from batchgen.prompts import Request
 from batchgen.runner import RunOptions, Runner
 from batchgen.spec import JobSpec, StorageSpec
@@ -47,7 +47,7 @@ def test_first_run_fixes_the_plan(tmp_path, tiny_model, caplog):
     first = validate(job_dict(tiny_model, tmp_path / "in", out, input={"unit_rows": 20}, runtime={"engine": "instant"}))
     assert Runner(first).run().complete
     store = Store.open(str(out), StorageSpec())
-    assert recorded_unit_rows(store) == 20
+    assert recorded_plan(store) == PlanRule(20)
     # Lose the last commit of every unit (a crash before them), then resume asking for units of 40.
     parts = sorted((out / "parts").glob("*.parquet"))
     units = {p.name.rsplit(".", 2)[0] for p in parts}
@@ -62,7 +62,7 @@ def test_first_run_fixes_the_plan(tmp_path, tiny_model, caplog):
     rows = pq.read_table(out / "parts", columns=["id"]).column(0).to_pylist()
     assert sorted(rows) == sorted(ids)  # each id exactly once
     assert {p.name.rsplit(".", 2)[0] for p in (out / "parts").glob("*.parquet")} == units
-    assert json.loads((out / "_batchgen" / "job.json").read_text())["plan"] == {"unit_rows": 20}
+    assert json.loads((out / "_batchgen" / "job.json").read_text())["plan"] == {"unit_rows": 20, "split_row_groups": True}
     # `batchgen plan` shows the plan the runs use, and why.
     job = write_job(tmp_path / "job.yaml", job_dict(tiny_model, tmp_path / "in", out, input={"unit_rows": 40}))
     shown = CliRunner().invoke(app, ["plan", str(job)])
@@ -70,11 +70,55 @@ def test_first_run_fixes_the_plan(tmp_path, tiny_model, caplog):
     assert "units of about 20 rows (recorded in _batchgen/job.json by the job's first run)" in shown.output
 
 
-def test_manifest_without_a_plan_means_the_old_default(tmp_path):
+def test_older_manifests_keep_their_cut(tmp_path):
     store = Store.open(str(tmp_path / "out"), StorageSpec())
-    assert recorded_unit_rows(store) is None
+    assert recorded_plan(store) is None
     store.put("_batchgen/job.json", json.dumps({"fingerprint": "x", "fields": {}}).encode())
-    assert recorded_unit_rows(store) == 200_000
+    assert recorded_plan(store) == PlanRule(200_000, split_row_groups=False)  # before plans were recorded
+    store.put("_batchgen/job.json", json.dumps({"fingerprint": "x", "fields": {}, "plan": {"unit_rows": 20}}).encode())
+    assert recorded_plan(store) == PlanRule(20, split_row_groups=False)  # before row groups were split
+
+
+def test_cut_shard():
+    def cut(groups, rule):
+        return [(u.row_start, u.row_end, u.row_groups) for u in cut_shard("s", "s.parquet", groups, rule)]
+
+    assert cut([10, 10, 10], PlanRule(20)) == [(0, 20, (0, 1)), (20, 30, (2,))]
+    # A row group larger than unit_rows becomes equal pieces; whole groups around it stay whole.
+    assert cut([5, 100, 5, 5], PlanRule(40)) == [(0, 5, (0,)), (5, 38, (1,)), (38, 71, (1,)), (71, 105, (1,)), (105, 115, (2, 3))]
+    assert cut([5, 100, 5, 5], PlanRule(40, split_row_groups=False)) == [(0, 105, (0, 1)), (105, 115, (2, 3))]
+    # pyarrow's default row group (1Mi rows) for a job of 1M rows: 32 pieces, not 128 (re-reading bounded).
+    assert cut([1_048_576], PlanRule(8192))[:2] == [(0, 32768, (0,)), (32768, 65536, (0,))]
+    assert len(cut([1_048_576], PlanRule(8192))) == 32
+    assert cut([], PlanRule(10)) == []
+    units = cut_shard("s", "s.parquet", [5, 100], PlanRule(40))
+    assert [u.key for u in units] == ["s@0", "s@5", "s@38", "s@71"]
+    assert all(isinstance(u, Unit) for u in units)
+
+
+def test_one_row_group_is_shared_and_resumed_row_exact(vllm_engine, tiny_model, tmp_path):
+    """A shard written as a single row group (as pyarrow does up to 1Mi rows) is cut into units; each unit
+    reads exactly its rows, on the real engine, and a resume after losing commits redoes only those."""
+    ids = write_shards(tmp_path / "in", shards=1, rows=90, row_group=90, twin=lambda s, i: f"s{s}-{i:05d}")
+    out = tmp_path / "out"
+    job = job_dict(tiny_model, tmp_path / "in", out, input={"unit_rows": 20}, output={"path": str(out), "passthrough_columns": ["twin"]},
+                   sampling={"temperature": 0, "max_tokens": 4}, checkpoint={"every_rows": 7})
+    spec = validate(job)
+    plan = plan_job(spec.input, discover_shards(spec.input))
+    assert [(u.row_start, u.row_end) for u in plan.units] == [(0, 18), (18, 36), (36, 54), (54, 72), (72, 90)]
+    assert Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run().complete
+    texts_each_id_once(out, ids)
+    rows = pq.read_table(out / "parts", columns=["id", "twin"]).to_pylist()
+    assert all(r["id"] == r["twin"] for r in rows), "a unit read rows of another unit"
+    # Lose the last commit of every unit, then resume: only those rows again, each id once.
+    parts = sorted((out / "parts").glob("*.parquet"))
+    for unit in {p.name.rsplit(".", 2)[0] for p in parts}:
+        max(p for p in parts if p.name.startswith(unit + ".")).unlink()
+    (out / "_SUCCESS.json").unlink()
+    summary = Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
+    assert summary.complete and 0 < summary.counters.rows < 90
+    texts_each_id_once(out, ids)
+    assert all(r["id"] == r["twin"] for r in pq.read_table(out / "parts", columns=["id", "twin"]).to_pylist())
 
 
 class PacedEngine(InstantEngine):

@@ -64,27 +64,40 @@ def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndar
 
 
 def _parquet_batches(fs, spec: InputSpec, unit: Unit, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded."""
+    """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded.
+
+    A unit may be a piece of a row group (plan.cut_shard): the rows of its group before it are read and
+    skipped, and reading stops at its last row.
+    """
     policy = RetryPolicy.from_spec(spec.storage)
     sent, failures = 0, 0
     while True:
         try:
             with fs.open(unit.shard, "rb") as f:
                 pf = pq.ParquetFile(f)
-                groups, skip = _resume_point(pf.metadata, unit.row_groups, sent)
+                head = unit.row_start - _group_start(pf.metadata, unit.row_groups[0]) if unit.row_groups else 0
+                groups, skip = _resume_point(pf.metadata, unit.row_groups, head + sent)
                 for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups, columns=list(columns)):
                     if skip:
                         batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                    batch = batch.slice(0, min(batch.num_rows, unit.rows - sent))
                     if batch.num_rows:
                         sent += batch.num_rows
                         failures = 0  # progress made: the attempt budget is per stall, not per unit
                         yield batch
+                    if sent >= unit.rows:
+                        return
             return
         except Exception as e:  # noqa: BLE001 - only transient errors are retried
             if not is_transient(e):
                 raise
             policy.backoff(f"read {unit.shard} (row {unit.row_start + sent})", e, failures)
             failures += 1
+
+
+def _group_start(meta: pq.FileMetaData, group: int) -> int:
+    """The shard row where row group `group` begins."""
+    return sum(meta.row_group(rg).num_rows for rg in range(group))
 
 
 def _resume_point(meta: pq.FileMetaData, groups: Sequence[int], sent: int) -> tuple[list[int], int]:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Session 2026-12-02 (3), nvidia-h200-x2, after ../shared/gpu/stage.sh's parts. Each block is one `run`
+# Written in session 3 (2026-12-02) for nvidia-h200-x2 and NOT RUN there: the session had 175 s of device
+# time and only nvidia-h200 (one GPU) was lent. The next session's first GPU work.
+# After ../shared/gpu/stage.sh's parts, each block is one `run`
 # call (`bash benchmarks/gpu/session3-h200x2.sh A|B|C`); every method runs alone, one after the other;
 # everything comes back as one tarball ($OUT/<block>.tgz: results under res-*, logs under work-*).
 #   A  workload S on GPU 0, raw one call and batchgen alternating, three times each (issue 6: spread)
