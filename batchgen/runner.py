@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -18,7 +19,8 @@ from batchgen.checkpoint import META, SUCCESS, Ledger, check_job_manifest, recor
 from batchgen.claim import FEEDER_OPTIONS, Claimer, start_claimer
 from batchgen.committer import Committer, PartSink
 from batchgen.engine import Engine, start_engine
-from batchgen.errors import Interrupted
+from batchgen.engine.abort import kill_children
+from batchgen.errors import EXIT_INTERRUPTED, Interrupted
 from batchgen.feeder import Feeder
 from batchgen.io.parts import OutputRow, output_schema
 from batchgen.io.reader import ROW_INDEX, check_columns
@@ -116,7 +118,7 @@ class Runner:
                 prep.observer.finish(summary)
             return summary
 
-        engine = self.opts.engine_factory(spec)
+        engine = self._start_engine()
         summary.engine_version, summary.device = engine.info.version, engine.info.device
         summary.engine_start_seconds = engine.info.start_seconds
         renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens)
@@ -228,6 +230,30 @@ class Runner:
         finished.clear()
 
     # -- signals -------------------------------------------------------------------------------
+    def _start_engine(self) -> Engine:
+        """The engine. A SIGTERM/SIGINT while it starts (minutes on a GPU: compilation, CUDA graphs) ends
+        the process at once with exit 75: no row is in flight and no unit is claimed yet, so there is
+        nothing to finish or commit. (Exiting from the handler is deliberate: vLLM waits for its engine
+        core in a zmq poll that swallows exceptions raised by signal handlers.)"""
+        def stop_now(signum: int, _frame: object) -> None:
+            killed = kill_children()
+            log.warning("%s while the engine was starting: stopped (%d engine processes ended, nothing was in "
+                        "flight); rerun the same command to resume", signal.Signals(signum).name, killed)
+            for handler in logging.getLogger().handlers + log.handlers:
+                handler.flush()
+            os._exit(EXIT_INTERRUPTED)
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, stop_now)
+            except ValueError:  # not the main thread (e.g. embedded use): the caller handles signals
+                pass
+        try:
+            return self.opts.engine_factory(self.spec)
+        finally:
+            self._restore_signals(old)
+
     def _install_signals(self) -> dict:
         def handler(signum: int, _frame: object) -> None:
             name = signal.Signals(signum).name

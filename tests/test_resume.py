@@ -147,6 +147,34 @@ def test_kill_and_resume_exactly_once(tiny_model, tmp_path):
     assert json.loads((out / "_SUCCESS.json").read_text())["complete"] is True
 
 
+def test_sigterm_while_the_engine_starts_exits_75_and_leaves_no_process(tiny_model, tmp_path):
+    """A spot notice during engine start (minutes on a GPU): exit 75 at once, nothing committed, and vLLM's
+    engine-core process gone with it (it would hold the GPU's memory against the requeued task)."""
+    import psutil
+
+    write_shards(tmp_path / "in", shards=1, rows=10)
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.yaml", job_dict(tiny_model, tmp_path / "in", out))
+    run = Run(job, multiprocess_engine=True)
+    me = psutil.Process(run.proc.pid)
+
+    def engine_core_started() -> list:
+        return [p for p in me.children(recursive=True) if "multiprocessing" in " ".join(p.cmdline())]
+
+    run.wait_until(lambda: engine_core_started(), timeout=120)
+    started = engine_core_started()
+    assert not any("generating" in line or "rows/s" in line for line in run.lines), "the engine was already up"
+    t0 = time.monotonic()
+    rc = run.kill(signal.SIGTERM)
+    log = "".join(run.lines)
+    assert rc == EXIT_INTERRUPTED, log[-3000:]
+    assert time.monotonic() - t0 < 60
+    assert "while the engine was starting" in log and "rerun the same command to resume" in log
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, f"engine processes left behind: {[p.cmdline() for p in alive]}"
+    assert not any((out / "parts").glob("*.parquet"))
+
+
 def test_changed_settings_refuse_resume_without_force(vllm_engine, tiny_model, tmp_path):
     write_shards(tmp_path / "in", shards=1, rows=10)
     job = tmp_path / "job.yaml"
