@@ -243,12 +243,7 @@ class Runner:
                 handler.flush()
             os._exit(EXIT_INTERRUPTED)
 
-        old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[sig] = signal.signal(sig, stop_now)
-            except ValueError:  # not the main thread (e.g. embedded use): the caller handles signals
-                pass
+        old = self._set_handlers(stop_now)
         try:
             return self.opts.engine_factory(self.spec)
         finally:
@@ -269,6 +264,11 @@ class Runner:
                 self._hard_stop = True
                 log.warning("%s again: committing finished rows and exiting now", name)
 
+        return self._set_handlers(handler)
+
+    @staticmethod
+    def _set_handlers(handler: Callable[[int, object], None]) -> dict:
+        """`handler` for SIGTERM and SIGINT; returns the previous handlers for _restore_signals."""
         old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
