@@ -77,12 +77,11 @@ def figures(engines: int, result: dict, base_rate: float | None) -> dict:
 
 
 def markdown(rows: list[dict], rate: float) -> str:
-    ideal = rate
     out = [f"Instant engines paced at {rate:.0f} rows/s each (the ceiling is N x that).", "",
            "| engines | rows/s | of N x ceiling | vs 1 engine | window | start skew | tail | per engine rows/s |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['engines']} | {r['rows_per_s']:.1f} | {r['rows_per_s'] / (ideal * r['engines']):.1%} | "
+        out.append(f"| {r['engines']} | {r['rows_per_s']:.1f} | {r['rows_per_s'] / (rate * r['engines']):.1%} | "
                    f"{r['vs_1_engine']:.3f} | {r['window_s']:.1f} s | {r['start_skew_s']:.2f} s | {r['tail_s']:.2f} s | "
                    f"{', '.join(f'{x:.0f}' for x in r['per_engine_rows_per_s'])} |")
     return "\n".join(out) + "\n"
