@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,8 +13,8 @@ from typing import Optional
 import typer
 
 from batchgen.errors import EXIT_INTERRUPTED, BatchgenError
-from batchgen.jobfile import load_job
-from batchgen.plan import rank_from_environment
+from batchgen.job.load import load_job
+from batchgen.work.ranks import rank_from_environment
 
 app = typer.Typer(
     add_completion=False,
@@ -42,27 +41,6 @@ def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str
     if rank is not None or world_size is not None:
         return rank or 0, world_size or 1, "flags"
     return rank_from_environment(os.environ)
-
-
-def _visible_gpus() -> list[str]:
-    """GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable if set, else `nvidia-smi -L`.
-
-    Not torch: importing it takes seconds and initializing CUDA in the supervisor would hold memory on every GPU.
-    """
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        ids: list[str] = []
-        for item in env.split(","):
-            item = item.strip()
-            if not item or item.startswith("-"):  # CUDA stops at the first invalid entry ("-1" hides all)
-                break
-            ids.append(item)
-        return ids
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
 
 
 def _fail(err: BatchgenError) -> None:
@@ -115,7 +93,7 @@ def run(
     75 interrupted by SIGTERM/SIGINT, or the object store stayed unreachable through every retry, after
     committing finished rows: rerun to resume.
     """
-    from batchgen.runner import Runner, RunOptions
+    from batchgen.run.runner import Runner, RunOptions
 
     _setup_logging(verbose)
     try:
@@ -130,16 +108,17 @@ def run(
         worker = worker_id or f"{socket.gethostname()}-r{r}"
         logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
         if engine_of_node is None:
-            from batchgen.node import NodeRun, engine_layout, run_node
+            from batchgen.node.gpus import visible_gpus
+            from batchgen.node.supervisor import NodeRun, engine_layout, run_node
 
-            layout = engine_layout(spec.runtime, spec.model, _visible_gpus() if spec.runtime.num_engines != 1 else [])
+            layout = engine_layout(spec.runtime, spec.model, visible_gpus(os.environ) if spec.runtime.num_engines != 1 else [])
             if layout.num_engines > 1:
                 result = run_node(spec, NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose), layout)
                 for line in result.lines():
                     typer.echo(line)
                 raise typer.Exit(result.exit_code)
         else:
-            from batchgen.node import die_with_parent
+            from batchgen.node.supervisor import die_with_parent
 
             die_with_parent()
         summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None)).run()
@@ -159,12 +138,19 @@ def plan(
     sets: Optional[list[str]] = SET,
 ) -> None:
     """Print which worker (rank) does which work units: deterministic, no coordinator."""
-    from batchgen.checkpoint import planned_units
-    from batchgen.plan import assign, discover_shards
+    from batchgen.io.shards import InputFiles
+    from batchgen.io.store import Store
+    from batchgen.work.manifest import planned
+    from batchgen.work.ranks import assign
 
     try:
         spec = load_job(job, None, sets)
-        plan, source = planned_units(spec, discover_shards(spec.input))
+        files = InputFiles.open(spec.input)
+        try:
+            store: Store | None = Store.open(spec.output.path, spec.output.storage)
+        except BatchgenError:
+            store = None
+        plan, source = planned(spec, files.layouts(files.discover()), store)
         units = plan.units
         shares = {r: assign(units, r, world_size) for r in range(world_size)}
     except BatchgenError as e:
@@ -201,8 +187,8 @@ def validate_cmd(
     Takes run's engine and sampling flags after the job file (e.g. `--max-model-len 4096`).
     Exit codes: 0 no problems; 1 only rows that would become error rows; 2 the run would refuse, or ids clash.
     """
-    from batchgen.jobfile import parse_flags
-    from batchgen.validate import render_text, spec_problem, validate_job
+    from batchgen.job.load import parse_flags
+    from batchgen.ops.validate import render_text, spec_problem, validate_job
 
     try:
         spec = load_job(job, parse_flags(ctx.args), sets)
@@ -225,7 +211,7 @@ def status(
 
     Works while workers run, after they finish, and after they were killed (`--json` has `complete` for scripts).
     """
-    from batchgen.status import job_status, render_text
+    from batchgen.ops.status import job_status, render_text
 
     try:
         st = job_status(load_job(job, None, sets))
@@ -242,7 +228,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.png and report.html (default: the output's _batchgen/)."),
 ) -> None:
     """Charts of a job from its stats: throughput, rows, prefix-cache hit rate and errors per worker (PNG + HTML)."""
-    from batchgen.report import make_report, save_report
+    from batchgen.ops.report import make_report, save_report
 
     try:
         spec = load_job(job, None, sets)
@@ -264,7 +250,7 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a commented job file to start from."""
-    from batchgen.jobtemplate import write_template
+    from batchgen.ops.template import write_template
 
     try:
         write_template(path, model, input_path, output, force)

@@ -94,8 +94,8 @@ def _cpu_seconds() -> float:
 
 def measure(cfg: dict) -> dict:
     """In this process: run the job with a timed instant engine while sampling memory."""
-    from batchgen.jobfile import validate
-    from batchgen.runner import RunOptions, Runner
+    from batchgen.job.load import validate
+    from batchgen.run.runner import RunOptions, Runner
 
     spec = validate(cfg["job"])
     box: dict = {}

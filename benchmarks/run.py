@@ -73,7 +73,7 @@ def pick_methods(spec: str, chunk: int) -> list[Method]:
 def prepare(args: argparse.Namespace, name: str) -> Setup:
     tiny_from = None
     if args.tiny:
-        from batchgen.tinymodel import ensure_tiny_model
+        from batchgen.models.tiny_llama import ensure_tiny_model
 
         tiny_from = ensure_tiny_model(ROOT / ".cache" / "models")
     wl = select(name, rows=args.rows, tiny_from=tiny_from)

@@ -85,7 +85,7 @@ TINY_DIVISOR = 16
 
 
 def tiny_shape(tiny_model_folder: Path) -> ModelShape:
-    """The shape of batchgen's tiny test model (batchgen.tinymodel), read from its config.json."""
+    """The shape of batchgen's tiny test model (batchgen.models.tiny_llama), read from its config.json."""
     c = json.loads((Path(tiny_model_folder) / "config.json").read_text())
     return ModelShape("tiny-llama", hidden=c["hidden_size"], layers=c["num_hidden_layers"],
                       heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.tinymodel import ensure_tiny_model
+from batchgen.models.tiny_llama import ensure_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ["rivers", "mills", "gardens", "bread", "rain", "the sea", "old roads", "winter", "bees", "lanterns"]

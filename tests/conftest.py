@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from batchgen.tinymodel import ensure_tiny_model
+from batchgen.models.tiny_llama import ensure_tiny_model
 from tests.s3server import s3, s3_server  # noqa: F401 - the loopback S3 server fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ class SharedEngine:
 def vllm_engine(tiny_model, tmp_path_factory):
     """The real CPU vLLM engine on the tiny model, started once per test session (~25 s)."""
     from batchgen.engine.vllm import VllmEngine
-    from batchgen.jobfile import validate
+    from batchgen.job.load import validate
 
     tmp = tmp_path_factory.mktemp("engine")
     spec = validate(job_dict(tiny_model, tmp / "in", tmp / "out"))

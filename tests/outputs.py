@@ -8,6 +8,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from batchgen.io.shards import InputFiles, Unit
+from batchgen.job.spec import JobSpec
+from batchgen.work.plan import plan_job
+
+
+def planned_units(spec: JobSpec) -> list[Unit]:
+    """The units a first run of `spec` would cut (no recorded plan)."""
+    files = InputFiles.open(spec.input)
+    return plan_job(spec.input, files.layouts(files.discover())).units
+
 
 def stats_rows(out: Path) -> list[dict]:
     """One row per committed part: unit, worker, rows (files being written are skipped)."""

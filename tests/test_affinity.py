@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from batchgen import affinity
-from batchgen.affinity import engine_cpu_groups, even_groups, format_cpulist, local_cpus, parse_cpulist, plan_affinity
-from batchgen.node import pin_to
+from batchgen.node import affinity
+from batchgen.node.affinity import engine_cpu_groups, even_groups, format_cpulist, local_cpus, parse_cpulist, plan_affinity
+from batchgen.node.supervisor import pin_to
 
 # Two sockets of 8 cores, cores numbered socket by socket; GPU 0 hangs off the second socket.
 NODE0, NODE1 = list(range(0, 8)), list(range(8, 16))

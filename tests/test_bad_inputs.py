@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from batchgen.cli import app
-from batchgen.jobfile import validate
-from batchgen.runner import RunOptions, Runner
+from batchgen.job.load import validate
+from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import job_dict, write_job, write_shards
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from batchgen.jobfile import validate
-from batchgen.runner import RunOptions, Runner
+from batchgen.job.load import validate
+from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import job_dict, write_shards
 
 pytestmark = pytest.mark.engine

@@ -12,7 +12,7 @@ import time
 
 import yaml
 
-from batchgen.spec import RuntimeSpec
+from batchgen.job.spec import RuntimeSpec
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 
 EXAMPLES = ROOT / "examples"

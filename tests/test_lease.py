@@ -7,13 +7,14 @@ import threading
 import numpy as np
 import pytest
 
-from batchgen.checkpoint import PARTS, Ledger, part_name
-from batchgen.claim import Claimer
+from batchgen.io.layout import LEASES, lease_path, part_path
+from batchgen.work.ledger import Ledger
+from batchgen.work.claim import Claimer
 from batchgen.io.parts import to_parquet_bytes
 from batchgen.io.store import Store
-from batchgen.lease import LEASES, Claim, LeaseBook, lease_name
-from batchgen.plan import Unit
-from batchgen.spec import StorageSpec
+from batchgen.work.lease import Claim, LeaseBook
+from batchgen.io.shards import Unit
+from batchgen.job.spec import StorageSpec
 
 
 class Clock:
@@ -119,7 +120,7 @@ def test_supervisor_releases_a_dead_engines_leases(store):
 
 
 def test_unreadable_lease_counts_as_expired(store):
-    store.put(lease_name("u", 0), b"{not json")
+    store.put(lease_path("u", 0), b"{not json")
     won, lease = book(store, "a", Clock()).try_claim("u", 0)
     assert won is Claim.WON and lease.gen == 1
 
@@ -128,7 +129,7 @@ def _commit_rows(store: Store, unit: Unit, seq: int, rows: list[int]) -> None:
     import pyarrow as pa
 
     table = pa.table({"row_index": pa.array(rows, pa.int64())})
-    store.put(f"{PARTS}/{part_name(unit.key, seq)}", to_parquet_bytes(table, "none", {}))
+    store.put(part_path(unit.key, seq), to_parquet_bytes(table, "none", {}))
 
 
 def test_claimer_skips_done_units_and_absorbs_a_predecessors_parts(store):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchgen.jobfile import validate
-from batchgen.metrics import MetricsSink, WorkerMetrics, render, write_textfile
-from batchgen.runner import RunOptions, Runner
-from batchgen.stats import Counters
+from batchgen.job.load import validate
+from batchgen.run.metrics import MetricsSink, WorkerMetrics, render, write_textfile
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.run.stats import Counters
 from tests.conftest import job_dict, write_shards
 
 

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.io.openai_batch import parse_request
-from batchgen.jobfile import validate
-from batchgen.plan import discover_shards, plan_units
-from batchgen.runner import RunOptions, Runner
+from batchgen.job.load import validate
+from tests.outputs import planned_units
+from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import job_dict
 
 LABELS = "river mill garden bread rain sea".split()
@@ -53,7 +53,7 @@ def test_round_trip_keyed_by_custom_id(vllm_engine, tiny_model, tmp_path):
     src = write_requests(tmp_path / "batch" / "requests.jsonl", reqs + bad, ["", "{not json"])
     spec = validate(openai_job(tiny_model, src, tmp_path / "out"))
 
-    units = plan_units(spec.input, discover_shards(spec.input))
+    units = planned_units(spec)
     assert [(u.key, u.rows) for u in units] == [("requests@0", 16)]  # blank lines are not requests
     summary = Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
     assert summary.complete and summary.counters.rows == 16 and summary.counters.errors == 2

@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchgen.jobfile import validate
-from batchgen.prompts import row_seed
-from batchgen.runner import RunOptions, Runner
-from batchgen.tokenizer import load_tokenizer
+from batchgen.job.load import validate
+from batchgen.run.prompts import row_seed
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.run.tokenizer import load_tokenizer
 from tests.conftest import job_dict
 
 pytestmark = pytest.mark.engine

@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from batchgen.cli import app
 from batchgen.errors import SpecError
-from batchgen.jobfile import validate
-from batchgen.plan import Unit, assign, discover_shards, plan_units, rank_from_environment
+from batchgen.job.load import validate
+from batchgen.io.shards import Unit
+from batchgen.work.ranks import assign, rank_from_environment
+from tests.outputs import planned_units
 from tests.conftest import job_dict, write_job, write_shards
 
 
@@ -71,7 +73,7 @@ def test_plan_prints_who_does_what(tiny_model, tmp_path):
     write_shards(tmp_path / "in", shards=3, rows=40, row_group=10)
     job = write_job(tmp_path / "job.yaml", job_dict(tiny_model, tmp_path / "in", tmp_path / "out", input={"unit_rows": 20}))
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out", input={"unit_rows": 20}))
-    units = plan_units(spec.input, discover_shards(spec.input))
+    units = planned_units(spec)
     assert len(units) == 6
 
     text = CliRunner().invoke(app, ["plan", str(job), "--world-size", "8"])

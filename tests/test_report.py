@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from batchgen.cli import app
-from batchgen.jobfile import load_job
-from batchgen.report import PANELS
-from batchgen.runner import RunOptions, Runner
-from batchgen.spec import JobSpec
+from batchgen.job.load import load_job
+from batchgen.ops.report import PANELS
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.job.spec import JobSpec
 from tests.conftest import job_dict, write_job, write_shards
 
 # matplotlib's first two colours: one per worker, in sorted worker order.

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.errors import EXIT_INTERRUPTED
-from batchgen.jobfile import validate
-from batchgen.runner import RunOptions, Runner
+from batchgen.job.load import validate
+from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 
 pytestmark = pytest.mark.engine

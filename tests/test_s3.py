@@ -21,15 +21,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchgen.checkpoint import PARTS, Ledger, part_name
+from batchgen.io.layout import PARTS, part_file
+from batchgen.work.ledger import Ledger
 from batchgen.errors import EXIT_BAD_JOB, EXIT_INTERRUPTED, InputError, OutputError, StorageUnavailable
 from batchgen.io.parts import read_meta
 from batchgen.io.retry import RetryPolicy, is_transient, with_retries
 from batchgen.io.store import Store
-from batchgen.jobfile import validate
-from batchgen.plan import Unit
-from batchgen.runner import RunOptions, Runner
-from batchgen.spec import StorageSpec
+from batchgen.job.load import validate
+from batchgen.io.shards import Unit
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.job.spec import StorageSpec
 from tests.conftest import ROOT, job_dict, run_cli, write_job, write_shards
 from tests.s3server import S3Server, free_port
 
@@ -97,7 +98,7 @@ def test_commit_whose_response_was_lost_counts_once(s3):
     result = ledger.commit("u@0", list(range(4)), lambda r: r, lambda fresh, seq: part_table(fresh))
     assert result == (0, [0, 1, 2, 3])
     assert s3.faults.injected == 1
-    assert store.listdir(PARTS) == [part_name("u@0", 0)]
+    assert store.listdir(PARTS) == [part_file("u@0", 0)]
     assert ledger.remaining() == 6 and ledger.units["u@0"].next_seq == 1
 
 
@@ -106,12 +107,12 @@ def test_listing_sees_every_part_past_one_page(s3):
     and ignores foreign files next to them."""
     bucket = s3.make_bucket()
     root = f"out/{PARTS}"
-    objects = {f"{root}/{part_name('aa@0', i)}": b"" for i in range(1005)}  # another rank's unit
+    objects = {f"{root}/{part_file('aa@0', i)}": b"" for i in range(1005)}  # another rank's unit
     objects |= {f"{root}/README.txt": b"notes", f"{root}/.tmp-1234-zz@0.000003.parquet": b"partial",
                 f"{root}/zz@0.000004.parquet.tmp": b"partial", f"{root}/sub/zz@0.000005.parquet": b"nested",
                 f"{root}/zz@0.final.parquet": b"?"}
     ours = {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7]}  # sorts after aa@0: on the second page
-    objects |= {f"{root}/{part_name('zz@0', seq)}": part_table(rows) for seq, rows in ours.items()}
+    objects |= {f"{root}/{part_file('zz@0', seq)}": part_table(rows) for seq, rows in ours.items()}
     s3.seed(bucket, objects)
     seen_before = len(s3.faults.requests)
 

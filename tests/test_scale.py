@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.errors import SpecError
-from batchgen.jobfile import validate
-from batchgen.node import NodeRun, child_command, engine_env, engine_layout
-from batchgen.runner import RunOptions, Runner
-from batchgen.spec import ModelSpec, RuntimeSpec
+from batchgen.job.load import validate
+from batchgen.node.supervisor import NodeRun, child_command, engine_env, engine_layout
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.job.spec import ModelSpec, RuntimeSpec
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 from tests.outputs import current_leases, stats_rows, texts_each_id_once
 
@@ -169,8 +169,8 @@ def test_engines_of_a_node_match_one_engine_survive_a_crash_and_resume(tiny_mode
 
 
 def test_node_time_runs_from_the_first_engine_start_to_the_last_end():
-    from batchgen.nodeview import engine_line, node_summary
-    from batchgen.stats import Counters, Summary
+    from batchgen.node.view import engine_line, node_summary
+    from batchgen.run.stats import Counters, Summary
 
     def summary(worker: str, start: float, end: float, rows: int) -> Summary:
         return Summary(job="j", worker=worker, model="m", engine="vllm", engine_version="0", device="gpu", units=1,

@@ -8,13 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from batchgen.cli import app
-from batchgen.jobfile import FLAG_PATHS, load_job
-from batchgen.schema import SCHEMA_PATH, job_schema_text
+from batchgen.job.load import FLAG_PATHS, load_job
+from batchgen.job.schema import SCHEMA_PATH, job_schema_text
 from tests.conftest import ROOT
 
 
 def test_schema_file_is_current():
-    assert SCHEMA_PATH.read_text() == job_schema_text(), "schemas/job.schema.json is stale: run `python -m batchgen.schema`"
+    assert SCHEMA_PATH.read_text() == job_schema_text(), "schemas/job.schema.json is stale: run `python -m batchgen.job.schema`"
 
 
 def test_precedence_flags_over_set_over_yaml_over_defaults():

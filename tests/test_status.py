@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from batchgen.cli import app
-from batchgen.jobfile import load_job
-from batchgen.runner import RunOptions, Runner
-from batchgen.status import job_status, render_text
+from batchgen.job.load import load_job
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.ops.status import job_status, render_text
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 
 

@@ -11,16 +11,18 @@ import time
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from batchgen.checkpoint import recorded_plan
+from batchgen.work.manifest import recorded_plan
 from batchgen.cli import app
 from batchgen.engine.base import Completion
 from batchgen.engine.instant import InstantEngine
 from batchgen.io.store import Store
-from batchgen.jobfile import validate
-from batchgen.plan import PlanRule, Unit, auto_unit_rows, cut_shard, discover_shards, plan_job
-from batchgen.prompts import Request
-from batchgen.runner import RunOptions, Runner
-from batchgen.spec import JobSpec, StorageSpec
+from batchgen.job.load import validate
+from batchgen.engine.base import Request
+from batchgen.io.shards import Unit
+from batchgen.io.shards import InputFiles
+from batchgen.work.plan import PlanRule, auto_unit_rows, cut_shard, plan_job
+from batchgen.run.runner import RunOptions, Runner
+from batchgen.job.spec import JobSpec, StorageSpec
 from tests.conftest import job_dict, write_job, write_shards
 from tests.outputs import stats_rows, texts_each_id_once
 
@@ -35,7 +37,8 @@ def test_auto_unit_rows():
 def test_default_cuts_a_large_shard_for_many_engines(tmp_path, tiny_model):
     write_shards(tmp_path / "in", shards=1, rows=40_000, row_group=1000)
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out"))
-    plan = plan_job(spec.input, discover_shards(spec.input))
+    files = InputFiles.open(spec.input)
+    plan = plan_job(spec.input, files.layouts(files.discover()))
     assert plan.unit_rows == 1024 and len(plan.units) == 20  # 2 row groups of 1000 per unit
     assert sum(u.rows for u in plan.units) == 40_000
 
@@ -102,9 +105,11 @@ def test_one_row_group_is_shared_and_resumed_row_exact(vllm_engine, tiny_model, 
     ids = write_shards(tmp_path / "in", shards=1, rows=90, row_group=90, twin=lambda s, i: f"s{s}-{i:05d}")
     out = tmp_path / "out"
     job = job_dict(tiny_model, tmp_path / "in", out, input={"unit_rows": 20}, output={"path": str(out), "passthrough_columns": ["twin"]},
-                   sampling={"temperature": 0, "max_tokens": 4}, checkpoint={"every_rows": 7})
+                   sampling={"temperature": 0, "max_tokens": 4}, checkpoint={"every_rows": 7},
+                   runtime={"window": 8})  # rows finish a few at a time: several parts per unit, whatever the timing
     spec = validate(job)
-    plan = plan_job(spec.input, discover_shards(spec.input))
+    files = InputFiles.open(spec.input)
+    plan = plan_job(spec.input, files.layouts(files.discover()))
     assert [(u.row_start, u.row_end) for u in plan.units] == [(0, 18), (18, 36), (36, 54), (54, 72), (72, 90)]
     assert Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run().complete
     texts_each_id_once(out, ids)

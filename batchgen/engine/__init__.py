@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchgen.engine.base import Completion, Engine, EngineInfo
-from batchgen.spec import JobSpec
+from batchgen.job.spec import JobSpec
 
 
 def start_engine(spec: JobSpec) -> Engine:

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from batchgen.prompts import Request
+from batchgen.job.spec import SamplingSpec
+
+
+@dataclass(slots=True)
+class Request:
+    """One row on its way to the engine (or to the output as an error row)."""
+
+    unit: str
+    row_index: int
+    id: Any
+    seed: int
+    sampling: SamplingSpec
+    token_ids: list[int] = field(default_factory=list)
+    passthrough: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The engine's request id: unique within a run (a unit's rows have distinct row indexes)."""
+        return f"{self.unit}#{self.row_index}"
 
 
 @dataclass
@@ -30,7 +49,6 @@ class EngineInfo:
     max_model_len: int | None
     max_num_seqs: int | None
     start_seconds: float
-    extra: dict = field(default_factory=dict)
 
 
 class Engine(Protocol):

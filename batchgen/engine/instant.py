@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import time
 
-from batchgen.engine.base import Completion, EngineInfo
-from batchgen.prompts import Request
-from batchgen.spec import JobSpec
+from batchgen.engine.base import Completion, EngineInfo, Request
+from batchgen.job.spec import JobSpec
 
 
 class InstantEngine:

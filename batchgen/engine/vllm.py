@@ -11,10 +11,9 @@ import logging
 import time
 from typing import Any
 
-from batchgen.engine.base import Completion, EngineInfo
+from batchgen.engine.base import Completion, EngineInfo, Request
 from batchgen.errors import SpecError
-from batchgen.prompts import Request
-from batchgen.spec import JobSpec, ModelSpec, SamplingSpec
+from batchgen.job.spec import JobSpec, ModelSpec, SamplingSpec
 
 log = logging.getLogger("batchgen.engine")
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from batchgen.spec import OPENAI_BODY_FIELDS
+from batchgen.job.spec import OPENAI_BODY_FIELDS
 
 # A reader-side reason why a row cannot be generated; prompts.Renderer turns it into an error row.
 READ_ERROR = "read_error"

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.spec import JobSpec
+from batchgen.job.spec import JobSpec
 
 META_KEY = b"batchgen"
 

@@ -13,45 +13,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchgen.errors import InputError
 from batchgen.io import openai_batch
-from batchgen.io.retry import RetryPolicy, is_transient, retry_transient
-from batchgen.io.store import open_fs
-from batchgen.plan import Unit
-from batchgen.spec import InputSpec
+from batchgen.io.retry import is_transient
+from batchgen.io.shards import InputFiles, Unit
 
 ROW_INDEX = "row_index"
 
 
-def check_columns(spec: InputSpec, shard: str, needed: Sequence[str]) -> pa.Schema:
-    """Fail before the engine starts if a shard lacks a column the job reads."""
-    fs, _ = open_fs(spec.first_url, spec.storage)
-    if spec.format == "openai_batch":
-        schema = openai_batch.request_schema(spec.id_column)
-    else:
-        schema = retry_transient(RetryPolicy.from_spec(spec.storage), f"read the schema of {shard}", _schema, fs, shard)
-    missing = [c for c in needed if c not in schema.names]
-    if missing:
-        raise InputError(
-            f"missing column(s) {', '.join(missing)}; the file has {', '.join(schema.names)}",
-            where=shard,
-            fix="rename the column in the data or point the job at it (input.id_column, prompt.*, sampling.per_row, output.passthrough_columns)",
-        )
-    return schema
-
-
-def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
+def read_unit(source: InputFiles, unit: Unit, columns: Sequence[str], done: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
     """Yield record batches of `unit` with a `row_index` column (row number in the shard), skipping `done` rows.
 
     `done` is a bool array over the unit's rows (True = already committed).
     """
-    fs, _ = open_fs(spec.first_url, spec.storage)
+    spec = source.spec
     if spec.format == "openai_batch":
-        with fs.open(unit.shard, "rb") as f:
+        with source.fs.open(unit.shard, "rb") as f:
             yield from openai_batch.iter_request_batches(f, columns, spec.id_column, spec.batch_rows, done, ROW_INDEX)
         return
     row = unit.row_start
-    for batch in _parquet_batches(fs, spec, unit, columns):
+    for batch in _parquet_batches(source, unit, columns):
         idx = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
         batch = batch.append_column(ROW_INDEX, idx)
         if done is not None:
@@ -63,13 +43,13 @@ def read_unit(spec: InputSpec, unit: Unit, columns: Sequence[str], done: np.ndar
             yield batch
 
 
-def _parquet_batches(fs, spec: InputSpec, unit: Unit, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(source: InputFiles, unit: Unit, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded.
 
-    A unit may be a piece of a row group (plan.cut_shard): the rows of its group before it are read and
+    A unit may be a piece of a row group (work.plan.cut_shard): the rows of its group before it are read and
     skipped, and reading stops at its last row.
     """
-    policy = RetryPolicy.from_spec(spec.storage)
+    fs, batch_rows, policy = source.fs, source.spec.batch_rows, source.retry
     sent, failures = 0, 0
     while True:
         try:
@@ -77,7 +57,7 @@ def _parquet_batches(fs, spec: InputSpec, unit: Unit, columns: Sequence[str]) ->
                 pf = pq.ParquetFile(f)
                 head = unit.row_start - _group_start(pf.metadata, unit.row_groups[0]) if unit.row_groups else 0
                 groups, skip = _resume_point(pf.metadata, unit.row_groups, head + sent)
-                for batch in pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups, columns=list(columns)):
+                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(columns)):
                     if skip:
                         batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
                     batch = batch.slice(0, min(batch.num_rows, unit.rows - sent))
@@ -108,13 +88,3 @@ def _resume_point(meta: pq.FileMetaData, groups: Sequence[int], sent: int) -> tu
             return list(groups[i:]), sent
         sent -= rows
     return [], 0
-
-
-def _schema(fs, shard: str) -> pa.Schema:
-    with fs.open(shard, "rb") as f:
-        try:
-            return pq.ParquetFile(f).schema_arrow
-        except pa.ArrowInvalid as e:
-            raise InputError(f"not a readable Parquet file: {e}", where=shard,
-                             fix="rewrite it with pyarrow or polars (write_parquet), or remove it from input.path") from e
-

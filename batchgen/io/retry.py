@@ -16,7 +16,7 @@ from typing import Callable, TypeVar
 
 from batchgen.errors import StorageError, StorageUnavailable
 from batchgen.io.redact import redact
-from batchgen.spec import StorageSpec
+from batchgen.job.spec import StorageSpec
 
 log = logging.getLogger("batchgen.io")
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from batchgen.errors import StorageError
 from batchgen.io.retry import RetryPolicy, is_missing_bucket, with_retries
-from batchgen.spec import StorageSpec
+from batchgen.job.spec import StorageSpec
 
 
 def storage_options(url: str, spec: StorageSpec, client_attempts: int = 2) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Reading a job: YAML file, then overrides (CLI flags > YAML > defaults), validated into a JobSpec."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from batchgen.errors import SpecError
+from batchgen.job.spec import JobSpec
+
+# CLI flags named as vLLM names them, and where each lands in the spec.
+FLAG_PATHS: dict[str, str] = {
+    "model": "model.path",
+    "max_model_len": "model.max_model_len",
+    "gpu_memory_utilization": "model.gpu_memory_utilization",
+    "tensor_parallel_size": "model.tensor_parallel_size",
+    "dtype": "model.dtype",
+    "quantization": "model.quantization",
+    "trust_remote_code": "model.trust_remote_code",
+    "max_num_seqs": "model.max_num_seqs",
+    "max_num_batched_tokens": "model.max_num_batched_tokens",
+    "temperature": "sampling.temperature",
+    "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k",
+    "max_tokens": "sampling.max_tokens",
+    "presence_penalty": "sampling.presence_penalty",
+    "frequency_penalty": "sampling.frequency_penalty",
+    "seed": "sampling.seed",
+}
+
+
+def parse_flags(args: list[str]) -> dict[str, Any]:
+    """`batchgen run`'s engine and sampling flags given to another command (validate): `--max-tokens 64`.
+
+    The names are FLAG_PATHS', so every command that reads a job takes the same overrides as `run`.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].removeprefix("--").partition("=")
+        key = name.replace("-", "_")
+        if not args[i].startswith("--") or key not in FLAG_PATHS:
+            raise SpecError(f"unexpected argument {args[i]!r}",
+                            fix="engine and sampling flags as in `batchgen run --help` (e.g. --max-tokens 64), or --set a.b=value")
+        if not eq and key == "trust_remote_code":
+            value = "true"
+        elif not eq:
+            i += 1
+            if i >= len(args):
+                raise SpecError(f"--{name} needs a value", fix=f"e.g. --{name} VALUE")
+            value = args[i]
+        out[key] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> JobSpec:
+    """Read a job file and apply overrides: named flags (`{"max_tokens": 64}`) and `--set a.b=value`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read the job file ({e.strerror})", where=str(path),
+                        fix="check the path; `batchgen init job.yaml` writes a commented one to start from") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where,
+                        fix="check indentation and quoting around that line") from e
+    if not isinstance(data, dict):
+        raise SpecError("a job file must be a mapping with keys input, prompt, model, output, ...", where=str(path))
+    data = _resolve_relative_paths(data, path.parent)
+    for flag, value in (overrides or {}).items():
+        if value is not None:
+            set_path(data, FLAG_PATHS[flag], value)
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set expects path.to.key=value, got {item!r}", fix="e.g. --set runtime.window=256")
+        set_path(data, key.strip(), yaml.safe_load(raw) if raw else None)
+    return validate(data, source=str(path))
+
+
+def validate(data: dict[str, Any], source: str = "job") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_describe(e), where=source,
+                        fix="see `batchgen run --help` and schemas/job.schema.json for every key") from None
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative local paths in a job file are relative to the file, so jobs run from any directory."""
+    def fix(p: Any) -> Any:
+        if isinstance(p, str) and "://" not in p and not Path(p).is_absolute() and p.startswith("."):
+            return str((base / p).resolve())
+        return p
+
+    for section, key in (("input", "path"), ("output", "path"), ("model", "path"), ("model", "tokenizer")):
+        part = data.get(section)
+        if isinstance(part, dict) and key in part:
+            value = part[key]
+            part[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    return data
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"cannot set {dotted}: {key} is not a section", fix="check the key path")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc}{_suggest(loc)}")
+        elif item["type"] == "missing":
+            lines.append(f"missing required key {loc}")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            got = item.get("input")
+            secret = item["loc"][-1:] == ("secret",)  # a mistyped secret key must not be echoed to logs
+            shown = "" if isinstance(got, (dict, list)) or got is None or secret else f" (got {got!r})"
+            lines.append(f"{loc or 'job'}: {msg}{shown}")
+    return "invalid job file:\n  " + "\n  ".join(lines)
+
+
+def _suggest(loc: str) -> str:
+    *parents, leaf = loc.split(".")
+    model: type[BaseModel] = JobSpec
+    for p in parents:
+        field = model.model_fields.get(p)
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    close = difflib.get_close_matches(leaf, list(model.model_fields), n=1)
+    return f" (did you mean {'.'.join([*parents, close[0]])}?)" if close else ""

@@ -1,0 +1,235 @@
+"""The job specification: everything a user can set, typed and documented in one place.
+
+`schemas/job.schema.json` is generated from `JobSpec` (`python -m batchgen.job.schema`), so every
+`description=` here is also what an editor shows while completing a job file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a job file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSpec(Strict):
+    """How to reach an object store (s3://...). Unset fields fall back to the AWS credential chain."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (MinIO), R2 or GCS's S3 API.")
+    region: str | None = Field(None, description="Region name, e.g. us-east-1.")
+    profile: str | None = Field(None, description="AWS profile from ~/.aws/credentials.")
+    anon: bool = Field(False, description="Anonymous access (public buckets).")
+    key: str | None = Field(None, description="Access key id. Prefer the environment or a profile.")
+    secret: SecretStr | None = Field(None, description="Secret access key. Never logged or written anywhere.")
+    retries: int = Field(8, ge=0, le=50, description="Attempts on transient errors (5xx, throttling, resets, timeouts).")
+    retry_base_seconds: float = Field(0.5, gt=0, description="First backoff delay; doubles each attempt, with full jitter.")
+    retry_max_seconds: float = Field(20.0, gt=0, description="Largest single backoff delay.")
+
+
+class InputSpec(Strict):
+    path: str | list[str] = Field(..., description="Parquet file(s), directories or globs; any fsspec URL (local, s3://, memory://).")
+    format: Literal["parquet", "openai_batch"] = Field("parquet", description="`parquet` shards, or an OpenAI Batch API requests file (JSONL with custom_id and body).")
+    id_column: str = Field("id", description="Column with a unique id per row; copied to the output and used for exactly-once resume.")
+    unit_rows: int | None = Field(None, ge=1, description="Shards are cut into work units of about this many rows (whole row groups; a larger row group is cut into pieces); engines, ranks and elastic workers take whole units. Default: about 1/128 of the input's rows, a power of two from 1,024 to 200,000. The job's first run records the value in _batchgen/job.json and later runs keep it.")
+    batch_rows: int = Field(1024, ge=1, le=1_000_000, description="Rows per record batch read from Parquet (memory stays bounded by this, not the shard size).")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for the input.")
+
+    @property
+    def first_url(self) -> str:
+        """The first input path: it decides the file system every shard is opened with."""
+        return self.path[0] if isinstance(self.path, list) else self.path
+
+
+class PromptSpec(Strict):
+    """Exactly one source of prompts: a text column, a chat messages column, or a template."""
+
+    column: str | None = Field(None, description="Column holding the prompt text, sent as is (or as a user message when `chat: true`).")
+    messages_column: str | None = Field(None, description="Column holding chat messages (list of {role, content}), rendered with the model's chat template.")
+    template: str | None = Field(None, description="Prompt template with {column} placeholders, e.g. 'Label this review: {text}'. Use {{ and }} for literal braces.")
+    system: str | None = Field(None, description="System prompt. Implies the chat template.")
+    chat: bool | None = Field(None, description="Render with the model's chat template. Default: true for messages_column or when `system` is set, false otherwise.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSpec:
+        given = [k for k in ("column", "messages_column", "template") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of prompt.column, prompt.messages_column or prompt.template"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.messages_column and self.chat is False:
+            raise ValueError("prompt.messages_column always uses the chat template; remove `chat: false`")
+        return self
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            for _, name, spec, conv in string.Formatter().parse(v):
+                if name == "":
+                    raise ValueError("template has an empty placeholder {}; name a column, e.g. {text}")
+                if name is not None and not name.replace("-", "_").isidentifier():
+                    raise ValueError(f"template placeholder {{{name}}} must be a plain column name")
+        return v
+
+    @property
+    def use_chat(self) -> bool:
+        if self.messages_column:
+            return True
+        return bool(self.chat) if self.chat is not None else self.system is not None
+
+    def template_columns(self) -> list[str]:
+        if not self.template:
+            return []
+        return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
+
+    def input_columns(self) -> list[str]:
+        return [c for c in (self.column, self.messages_column) if c] + self.template_columns()
+
+
+# Sampling fields a per-row column may override (validated per row; a bad value is an error row).
+PER_ROW_FIELDS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
+                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
+PerRowField = Literal["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
+                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop"]
+
+# Sampling fields an OpenAI batch request body may carry; each becomes a per-row override column.
+OPENAI_BODY_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "n", "stop", "presence_penalty", "frequency_penalty")
+
+
+class SamplingSpec(Strict):
+    """vLLM SamplingParams for every row; per-row columns may override some of them."""
+
+    n: int = Field(1, ge=1, le=128, description="Completions per row.")
+    temperature: float = Field(1.0, ge=0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1, description="0 or -1: no top-k.")
+    min_p: float = Field(0.0, ge=0, le=1)
+    max_tokens: int = Field(256, ge=1, description="Most tokens generated per completion (vLLM's default is 16; 256 suits batch work).")
+    min_tokens: int = Field(0, ge=0)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0)
+    stop: list[str] = Field(default_factory=list, description="Stop strings.")
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = Field(False, description="Keep generating past EOS (fixed-length benchmarks).")
+    skip_special_tokens: bool = True
+    seed: int = Field(0, description="Job seed. Each row samples with a seed derived from this and its id, recorded in the output, so a retried row samples the same way.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Other vLLM SamplingParams fields by name (checked against vLLM before the engine starts).")
+    per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value.")
+
+
+class ModelSpec(Strict):
+    """The engine: named fields for the common vLLM options, `engine_kwargs` for any other EngineArgs field."""
+
+    path: str = Field(..., description="Local model folder or Hugging Face id (as `vllm serve MODEL`).")
+    tokenizer: str | None = Field(None, description="Tokenizer folder or id, if not the model's.")
+    dtype: str = Field("auto", description="auto, bfloat16, float16, float32.")
+    quantization: str | None = Field(None, description="awq, gptq, fp8, ... (as vLLM's --quantization).")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; prompts longer than this (minus max_tokens headroom none) become error rows.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    trust_remote_code: bool = False
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences per engine step. Default: 512 on GPU (CUDA-graph capture size), vLLM's own elsewhere.")
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    enforce_eager: bool = False
+    load_format: str = Field("auto", description="auto, safetensors, dummy (random weights of the real shape, for benchmarks), ...")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs field, checked by name before the engine starts.")
+
+
+class OutputSpec(Strict):
+    path: str = Field(..., description="Output folder (local path or fsspec URL such as s3://bucket/prefix).")
+    passthrough_columns: list[str] = Field(default_factory=list, description="Input columns copied to each output row.")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    openai_batch_jsonl: bool = Field(False, description="Also write results as OpenAI Batch API output JSONL (one file per part).")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for the output.")
+
+
+class CheckpointSpec(Strict):
+    every_rows: int = Field(2000, ge=1, description="Commit a part once this many rows are finished...")
+    every_seconds: float = Field(60.0, gt=0, description="...or this many seconds after the last commit, whichever comes first.")
+    upload_queue: int = Field(4, ge=1, description="Parts waiting to be written before generation is held back.")
+
+
+class RuntimeSpec(Strict):
+    window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 on GPU); 64 if unknown.")
+    order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
+    ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
+    grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")
+    progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="auto: a bar on a terminal, periodic lines otherwise (cron, SLURM logs).")
+    progress_seconds: float = Field(30.0, gt=0, description="Interval of the plain progress lines.")
+    engine: Literal["vllm", "instant"] = Field("vllm", description="`instant` replaces the model by an echo that costs nothing: measures batchgen's own per-row cost.")
+    instant_rows_per_second: float = Field(0.0, ge=0, description="engine: instant only. Finish rows at this steady rate (0: at once): an engine of fixed speed without a GPU, to measure scale-out overheads (python -m benchmarks.scaleout).")
+    gpus_per_engine: int | None = Field(None, ge=1, description="GPUs per engine process (tensor parallel). Default: model.tensor_parallel_size.")
+    num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine (1 without GPUs).")
+    cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
+    elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
+    lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
+    metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
+    metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
+
+    @model_validator(mode="after")
+    def _pace_needs_instant(self) -> RuntimeSpec:
+        if self.instant_rows_per_second and self.engine != "instant":
+            raise ValueError("runtime.instant_rows_per_second paces the instant engine only: set runtime.engine: instant, or remove it")
+        return self
+
+
+class JobSpec(Strict):
+    """A batch generation job: where the prompts are, how to render them, which model, where results go."""
+
+    name: str | None = Field(None, description="Job name, shown in progress and stats.")
+    input: InputSpec
+    prompt: PromptSpec
+    model: ModelSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    output: OutputSpec
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_batch_defaults(cls, data: Any) -> Any:
+        """An OpenAI batch file says everything itself: prompts from `messages`, sampling from each body."""
+        if not isinstance(data, dict) or not isinstance(data.get("input"), dict) or data["input"].get("format") != "openai_batch":
+            return data
+        data = {**data}
+        data.setdefault("prompt", {"messages_column": "messages"})
+        given = data.get("sampling") or {}
+        sampling = given.model_dump() if isinstance(given, BaseModel) else {**given}
+        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS}, **(sampling.get("per_row") or {})}
+        data["sampling"] = sampling
+        return data
+
+    def input_columns(self) -> list[str]:
+        """The columns read from the input: nothing else is loaded."""
+        cols = [self.input.id_column, *self.prompt.input_columns(), *self.sampling.per_row.values(),
+                *self.output.passthrough_columns]
+        return list(dict.fromkeys(cols))
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that change what the output holds: a resume with different values is refused."""
+        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format"})
+        return {
+            "input.format": self.input.format,
+            "input.id_column": self.input.id_column,
+            "prompt": self.prompt.model_dump(),
+            "model": model,
+            "sampling": self.sampling.model_dump(),
+            "output.passthrough_columns": self.output.passthrough_columns,
+        }
+
+    def fingerprint(self) -> tuple[str, dict[str, Any]]:
+        """A hash of fingerprint_fields, and the fields themselves as JSON (to say which differ)."""
+        blob = json.dumps(self.fingerprint_fields(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16], json.loads(blob)

@@ -1,0 +1,143 @@
+"""Commits run beside generation: a writer thread with a bounded queue of parts to write."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+
+from batchgen.io.layout import stats_path
+from batchgen.io.parts import OutputRow, build_table, to_parquet_bytes
+from batchgen.run.stats import Counters, part_stats_bytes
+from batchgen.work.ledger import Ledger
+
+log = logging.getLogger("batchgen")
+# An upload running longer than this with parts queued behind it counts as "behind" in progress.
+SLOW_UPLOAD_SECONDS = 5.0
+# While generation is held back by a full queue, say so this often (the progress bar is frozen then).
+HELD_BACK_LOG_SECONDS = 10.0
+
+
+@dataclass
+class PartSink:
+    """How a part is encoded, and what follows its commit: everything the writer thread needs."""
+
+    schema: pa.Schema
+    id_column: str
+    compression: str
+    worker: str
+    job_fingerprint: str
+    on_part: Callable[[str, int, list[OutputRow]], None] | None = None  # extra files per part (OpenAI JSONL)
+
+
+class Committer:
+    def __init__(self, ledger: Ledger, sink: PartSink, max_queue: int):
+        self.ledger, self.sink = ledger, sink
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._busy_since: float | None = None  # start of the upload in progress
+        self._error: BaseException | None = None
+        self.committed = Counters()
+        self.parts = 0
+        self.wait_seconds = 0.0  # time generation was held back because uploads fell behind
+        self._last_warning = float("-inf")
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._work, name="batchgen-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return self._q.qsize()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def behind(self) -> bool:
+        """Uploads lag generation: the queue is full, or parts wait behind a slow (e.g. retrying) upload."""
+        busy = self._busy_since
+        slow = busy is not None and time.monotonic() - busy > SLOW_UPLOAD_SECONDS
+        return self.backlog >= self.max_queue or (self.backlog > 0 and slow)
+
+    def note(self) -> str:
+        """A progress suffix while uploads lag, empty otherwise."""
+        if not self.behind:
+            return ""
+        return f", uploads behind ({self.backlog} queued, {self.ledger.store.retry.retried} storage retries)"
+
+    def submit(self, unit: str, rows: list[OutputRow]) -> None:
+        """Queue a part; blocks (holding generation back) while the queue is full, and says so."""
+        self.raise_if_failed()
+        try:
+            self._q.put_nowait((unit, rows))
+            return
+        except queue.Full:
+            pass
+        t0 = time.monotonic()
+        while True:
+            # The progress bar is frozen while we wait: a log line says why (at most every HELD_BACK_LOG_SECONDS).
+            now = time.monotonic()
+            if now - self._last_warning >= HELD_BACK_LOG_SECONDS:
+                self._last_warning = now
+                log.warning("uploads behind: generation waits for %d queued parts (%.0fs so far, %d storage retries)",
+                            self.backlog, now - t0, self.ledger.store.retry.retried)
+            try:
+                self._q.put((unit, rows), timeout=HELD_BACK_LOG_SECONDS)
+                break
+            except queue.Full:
+                self.raise_if_failed()
+        self.wait_seconds += time.monotonic() - t0
+
+    def close(self) -> None:
+        """Wait until every submitted part is committed; re-raise a commit failure."""
+        self._q.put(None)
+        self._thread.join()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain: nothing more is committed after a failure
+            self._busy_since = time.monotonic()
+            try:
+                self._commit(*item)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                self._error = e
+            finally:
+                self._busy_since = None
+
+    def _commit(self, unit: str, rows: list[OutputRow]) -> None:
+        s = self.sink
+        t0 = time.monotonic()
+
+        def encode(fresh: list[OutputRow], seq: int) -> bytes:
+            meta = {"unit": unit, "seq": seq, "worker": s.worker, "job": s.job_fingerprint}
+            return to_parquet_bytes(build_table(s.schema, s.id_column, fresh), s.compression, meta)
+
+        result = self.ledger.commit(unit, rows, lambda r: r.row_index, encode)
+        if result is None:
+            return
+        seq, fresh = result
+        counters = Counters()
+        counters.add_rows(fresh)
+        now = time.monotonic()
+        stats = part_stats_bytes(unit, seq, s.worker, counters, span=now - self._last, upload=now - t0, backlog=self.backlog)
+        self._last = now
+        self.ledger.store.put(stats_path(unit, seq), stats)
+        if s.on_part:
+            s.on_part(unit, seq, fresh)
+        self.committed = self.committed.merge(counters)
+        self.parts += 1

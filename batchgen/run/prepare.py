@@ -1,0 +1,67 @@
+"""Everything a run checks and loads before its engine starts: a bad job fails here, exit 2, with
+nothing written but the manifest of a first run.
+
+    inputs (shards, footers, columns) -> the plan (recorded by the first run) -> this worker's units
+    -> tokenizer and engine option names -> the manifest check -> what is committed already
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from batchgen.io.parts import output_schema
+from batchgen.io.shards import InputFiles, Unit
+from batchgen.io.store import Store
+from batchgen.job.spec import JobSpec
+from batchgen.run.committer import PartSink
+from batchgen.run.observers import RunObserver
+from batchgen.run.tokenizer import load_tokenizer
+from batchgen.work.ledger import Ledger
+from batchgen.work.manifest import check_job_manifest, recorded_plan
+from batchgen.work.plan import plan_job
+from batchgen.work.ranks import assign
+
+
+@dataclass
+class Prepared:
+    all_units: list[Unit]  # the whole job's (the completion check covers every rank)
+    units: list[Unit]  # this worker's share (elastic: every unit, claimed one at a time)
+    input: InputFiles
+    store: Store
+    ledger: Ledger
+    sink: PartSink
+    tokenizer: Any
+    observer: RunObserver  # OpenAI output files and metrics, after each commit
+
+    @property
+    def skipped(self) -> int:
+        """Rows of this share committed before this run."""
+        return sum(u.rows for u in self.units) - self.ledger.remaining()
+
+
+def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
+    source = InputFiles.open(spec.input)
+    shards = source.discover()
+    schema = None
+    for shard in shards:
+        schema = source.check_columns(shard, spec.input_columns())
+    store = Store.open(spec.output.path, spec.output.storage)
+    plan = plan_job(spec.input, source.layouts(shards), recorded_plan(store))
+    mine = list(plan.units) if spec.runtime.elastic else assign(plan.units, rank, world_size)
+    tokenizer = load_tokenizer(spec.model)
+    if spec.runtime.engine == "vllm":  # option names are checked before any engine memory is taken
+        from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra
+
+        check_engine_kwargs(spec.model)
+        check_sampling_extra(spec.sampling)
+    check_job_manifest(store, spec, force, plan.rule)
+    ledger = Ledger(store, mine)
+    ledger.load()
+    total = sum(u.rows for u in mine)
+    observer = RunObserver(spec, store, worker, total, total - ledger.remaining())
+    sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
+                    compression=spec.output.compression, worker=worker, job_fingerprint=spec.fingerprint()[0],
+                    on_part=observer.on_part)
+    return Prepared(all_units=plan.units, units=mine, input=source, store=store, ledger=ledger, sink=sink,
+                    tokenizer=tokenizer, observer=observer)
