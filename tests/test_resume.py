@@ -33,9 +33,9 @@ PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
 class Run:
     """`batchgen run` in a subprocess, its stderr collected as it comes."""
 
-    def __init__(self, job: Path, multiprocess_engine: bool = False):
+    def __init__(self, job: Path, multiprocess_engine: bool = False, args: tuple[str, ...] = ()):
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess_engine else "0"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
