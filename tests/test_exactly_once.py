@@ -8,6 +8,7 @@ function at that point and SIGKILLs itself there, then runs batchgen's own CLI; 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -18,12 +19,19 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from batchgen.io.layout import TMP, temp_path
+from batchgen.io.layout import TMP, stats_path, temp_path
 from batchgen.io.leftovers import remove_stale_temp
+from batchgen.io.parts import to_parquet_bytes
+from batchgen.io.shards import Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import StorageSpec
+from batchgen.run.prepare import repair_stats
+from batchgen.run.stats import Counters, part_stats_bytes
+from batchgen.work.ledger import Ledger
 from tests.conftest import ROOT, job_dict, run_cli, write_job, write_shards
 from tests.outputs import assert_each_id_once_as_users_read, temp_files
 
@@ -128,6 +136,33 @@ def test_kill_before_publish_and_before_stats_then_resume(tiny_model, tmp_path):
     assert assert_each_id_once_as_users_read(out, ids) == 200
     st = status_rows(job)
     assert st["complete"] and st["rows"] == 200 and sum(w["rows"] for w in st["workers"]) == 200
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_part_without_stats_gets_them_and_a_writers_own_stats_are_kept(where, tmp_path, request):
+    """The repair on the next run, on disk and on S3 (create-if-absent: never over a live writer's own row)."""
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        store = Store.open(f"s3://{s3.make_bucket()}/out", StorageSpec(**s3.storage()))
+    else:
+        store = Store.open(str(tmp_path / "out"), StorageSpec())
+    unit = Unit("u@0", "u", 0, 8, (0,))
+    table = pa.table({"row_index": pa.array([0, 1, 2, 3], pa.int64()), "prompt_tokens": pa.array([5] * 4, pa.int32()),
+                      "cached_tokens": pa.array([2] * 4, pa.int32()), "output_tokens": pa.array([3] * 4, pa.int32()),
+                      "error": ["bad", None, None, None]})
+    ledger = Ledger(store, [unit])
+    for seq in (0, 1):
+        assert ledger.commit("u@0", [4 * seq + i for i in range(4)], lambda r: r,
+                             lambda fresh, s: to_parquet_bytes(table, "zstd", {"worker": "w9", "seq": s}))[0] == seq
+    own = part_stats_bytes("u@0", 1, "w9", Counters(rows=4), span=1.0, upload=0.5, backlog=0)
+    store.put(stats_path("u@0", 1), own)  # seq 1's writer wrote its stats; seq 0's was killed before
+    ledger = Ledger(store, [unit])
+    ledger.load()
+    assert repair_stats(store, ledger) == 1 and repair_stats(store, ledger) == 0
+    row = pq.read_table(io.BytesIO(store.read_bytes(stats_path("u@0", 0)))).to_pylist()[0]
+    assert (row["worker"], row["rows"], row["errors"], row["prompt_tokens"], row["cached_tokens"]) == ("w9", 4, 1, 20, 8)
+    assert row["committed_at"] is None  # lost with the worker
+    assert store.read_bytes(stats_path("u@0", 1)) == own
 
 
 def test_only_temp_files_of_dead_writers_are_removed(tmp_path):

@@ -10,7 +10,7 @@ a file is removed only when its writer is surely gone:
   stays in tmp/ for the time of one file write and fsync, so an hour is generous.
 
 Files of batchgen versions that staged writes as `.tmp-*` beside the target (where globs see them)
-are removed from parts/, stats/ and _batchgen/ once `legacy_age` old. Object stores have no temp files.
+are removed from parts/, stats/, openai/ and _batchgen/ once `legacy_age` old. Object stores have no temp files.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from batchgen.io.layout import LEGACY_TEMP_PREFIX, META, PARTS, STATS, TMP, parse_temp
+from batchgen.io.layout import LEASES, LEGACY_TEMP_PREFIX, META, OPENAI, PARTS, STATS, TMP, parse_temp
 from batchgen.io.store import Store
 
 STALE_TEMP_SECONDS = 3600.0
@@ -41,7 +41,7 @@ def remove_stale_temp(store: Store, max_age: float = STALE_TEMP_SECONDS, legacy_
         gone = _writer_gone(writer[1], mtime) if writer and writer[0] == host else now - mtime > max_age
         if gone and _unlink(store.path(rel)):
             removed.append(rel)
-    for folder in (PARTS, STATS, META):
+    for folder in (PARTS, STATS, OPENAI, META, LEASES):
         for rel, mtime in _files(store, folder):
             if rel.rsplit("/", 1)[1].startswith(LEGACY_TEMP_PREFIX) and now - mtime > legacy_age and _unlink(store.path(rel)):
                 removed.append(rel)

@@ -22,6 +22,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,18 +79,27 @@ def end_processes(procs: Iterable[Proc], wait: float = TERM_SECONDS) -> list[Pro
 
 
 def read_record(path: Path) -> list[Proc]:
+    """The processes a record names; none if it was written on another host (a state folder on a shared
+    home), since pids and start times mean something on their own host only."""
     try:
         data = json.loads(path.read_text())
+        if data.get("host", socket.gethostname()) != socket.gethostname():
+            return []
         return [Proc(int(p["pid"]), float(p["started"]), str(p.get("cmd", ""))) for p in data.get("processes", [])]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []  # none, or torn by a crash mid-write of an older version: nothing to act on
+        return []  # none, or unreadable: nothing to act on
 
 
 def write_record(path: Path, parent: Proc, procs: Iterable[Proc]) -> None:
-    """Atomically (tmp + rename): a reader sees the old record or the new one."""
+    """Atomically (tmp + rename): a reader sees the old record or the new one. A record that cannot be
+    written costs only the rerun's check, not the watchdog."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"parent": asdict(parent), "processes": [asdict(p) for p in procs]}, indent=1))
-    os.replace(tmp, path)
+    record = {"host": socket.gethostname(), "parent": asdict(parent), "processes": [asdict(p) for p in procs]}
+    try:
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class Watchdog:
