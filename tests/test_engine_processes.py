@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,24 @@ def test_kill_9_of_the_node_supervisor_leaves_no_process(tiny_model, tmp_path):
     print(f"{len(tree)} processes of the node gone {took:.1f}s after the supervisor's kill")
 
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs an NVIDIA GPU and CUDA vLLM")
+def test_kill_9_on_a_gpu_frees_the_gpu(tiny_model, tmp_path):
+    """CUDA vLLM forks its EngineCore (the CPU build spawns it): the watchdog ends it there too, and the GPU
+    lists no process of the killed run afterwards (its memory is free for the rerun)."""
+    write_shards(tmp_path / "in", shards=1, rows=400)
+    job = write_job(tmp_path / "job.yaml", job_dict(
+        tiny_model, tmp_path / "in", tmp_path / "out", sampling={"temperature": 0, "max_tokens": 256},
+        runtime={"window": 4, "progress": "lines", "progress_seconds": 0.2}))
+    run = Run(job, multiprocess_engine=True, args=("--state-dir", str(tmp_path / "state")))
+    run.wait_until(lambda: run.rows_done() >= 4, timeout=600)
+    tree = engine_tree(run.proc.pid)
+    assert any("VLLM::EngineCore" in p.cmd for p in tree), [p.cmd for p in tree]
+    run.kill(signal.SIGKILL)
+    took = gone_within(tree, timeout=30)
+    on_gpu = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert not {str(p.pid) for p in tree} & set(on_gpu), on_gpu
+    print(f"GPU engine processes gone {took:.1f}s after the kill")

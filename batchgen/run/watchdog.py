@@ -149,7 +149,9 @@ def serve(parent: int, record: Path | None, out: IO[str]) -> None:
         now = time.monotonic()
         if now < next_scan:
             continue
-        current = _descendants(root, before)
+        # Kept while alive, not while in the tree: a scan just after the run died sees no children (they
+        # were re-parented) and must not make us forget them.
+        current = {pid: p for pid, p in seen.items() if p.live()} | _descendants(root, before)
         if set(current) != set(seen):
             seen, changed = current, now
             if record is not None:
