@@ -139,6 +139,9 @@ def run(
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and vLLM's own INFO lines."),
+    state_dir: Path = typer.Option(Path("~/.cache/batchgen"), "--state-dir", envvar="BATCHGEN_STATE_DIR",
+                                   help="This host's folder for worker locks and the record of engine processes "
+                                        "(a rerun ends what a killed run left running)."),
     engine_of_node: Optional[int] = typer.Option(None, "--engine-of-node", hidden=True, help="Set by the node supervisor for its engines."),
 ) -> None:
     """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
@@ -167,7 +170,9 @@ def run(
 
             layout = engine_layout(spec.runtime, spec.model, visible_gpus(os.environ) if spec.runtime.num_engines != 1 else [])
             if layout.num_engines > 1:
-                result = run_node(spec, NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose), layout)
+                node = NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose,
+                               state_dir=state_dir.expanduser())
+                result = run_node(spec, node, layout)
                 for line in result.lines():
                     typer.echo(line)
                 raise typer.Exit(result.exit_code)
@@ -176,7 +181,8 @@ def run(
 
             die_with_parent()
         summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None,
-                                          engine_factory=functools.partial(start_engine, log_level=vllm_log_level))).run()
+                                          engine_factory=functools.partial(start_engine, log_level=vllm_log_level),
+                                          state_dir=state_dir.expanduser())).run()
     except BatchgenError as e:
         _fail(e)
         return
