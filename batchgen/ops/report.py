@@ -12,6 +12,7 @@ The header (what ran, on what, how long, how it ended, what it cost) comes from 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,7 +89,7 @@ def amount(value: float) -> str:
 def header_rows(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str, str]]:
     of_total = f" of {st.rows_total:,}" if st.rows_total is not None else ""
     share = f" ({st.errors / st.rows:.2%})" if st.rows else ""
-    states = "; ".join(f"{r.worker} {r.state}" for r in run.runs if not r.node) or "no worker has committed yet"
+    states = _worker_states([r for r in run.runs if not r.node])
     when = f" at {_clock(run.finished_at)}" if run.finished_at else ""
     rate, tok = run.rows_per_second, run.output_tokens_per_second
     prompt = sum(w.prompt_tokens for w in st.workers)
@@ -120,6 +121,16 @@ def header_rows(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str,
         rows_out.append(("cost", f"${amount(cost[0])} at ${amount(run.gpu_hour_price)} per {kind}-hour; {per}"))
     rows_out += [("note", n) for n in run.notes + st.notes]
     return rows_out
+
+
+def _worker_states(runs: list, named: int = 4) -> str:
+    """Each worker's state, or with many workers how many are in each state (the workers table names them)."""
+    if not runs:
+        return "no worker has committed yet"
+    if len(runs) <= named:
+        return "; ".join(f"{r.worker} {r.state}" for r in runs)
+    counts = Counter(r.state for r in runs)
+    return f"{len(runs)} workers: " + "; ".join(f"{n} {state}" for state, n in counts.most_common())
 
 
 def _clock(epoch: float) -> str:
