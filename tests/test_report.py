@@ -187,3 +187,50 @@ def test_init_alternatives_validate(tmp_path, key, value):
     data[section][name] = value
     path.write_text(yaml.safe_dump(data))
     assert load_job(path)
+
+
+def _summary(worker: str, wall: float, end: float, device: str = "cuda: NVIDIA H200", rows: int = 10) -> dict:
+    return {"job": "j", "worker": worker, "model": "m", "engine": "vllm", "engine_version": "0.26.0", "device": device,
+            "wall_seconds": wall, "engine_start_seconds": 20.0, "generate_seconds": wall - 25.0,
+            "generate_started_at": end - wall + 20.0, "generate_ended_at": end - 5.0, "rows": rows, "errors": 0,
+            "output_tokens": 100 * rows, "interrupted": False, "complete": True}
+
+
+def _part(worker: str, seq: int, at: float) -> dict:
+    return {"unit": f"u-{worker}", "seq": seq, "worker": worker, "committed_at": at, "span_seconds": 10.0, "rows": 5,
+            "errors": 0, "prompt_tokens": 50, "cached_tokens": 0, "output_tokens": 500, "cache_hit_rate": 0.0,
+            "upload_seconds": 0.1, "upload_backlog": 0}
+
+
+def test_device_time_counts_killed_runs_by_their_parts_and_nodes_once(tmp_path):
+    """GPU-hours: a worker's last run by its wall time, an earlier killed run by its parts' spans; a node's
+    own summary gives the header's times but no device time (its engines have theirs)."""
+    from batchgen.job.load import validate
+    from batchgen.ops.outputstate import OutputState, WorkerEnd
+    from batchgen.ops.runfacts import gather_run_facts
+    from batchgen.ops.status import build_status
+
+    job = job_dict(tmp_path / "model", tmp_path / "in", tmp_path / "out")
+    job["model"]["tensor_parallel_size"] = 2
+    spec = validate(job)
+    # Worker w: a run killed after 3 parts (no summary of it), then a resumed run of 50 s with 2 parts.
+    stats = [_part("w", k, 1000.0 + 10 * k) for k in (1, 2, 3)] + [_part("w", 3 + k, 2000.0 + 10 * k) for k in (1, 2)]
+    ends = {"w": WorkerEnd(_summary("w", 50.0, 2025.0), 2025.0)}
+    facts = gather_run_facts(spec, build_status(spec, "out", OutputState(stats, None, ends), None, 3000.0, []),
+                             OutputState(stats, None, ends), 4.0)
+    (run,) = facts.runs
+    assert run.devices == 2 and run.device_seconds == 50.0 + 3 * 10.0
+    assert facts.device_hours == 2 * 80.0 / 3600 and facts.cost(2500) == (4.0 * 160 / 3600, 4.0 * 160 / 3600 / 2500 * 1e6)
+    assert facts.devices_how == "model.tensor_parallel_size 2 x pipeline_parallel_size 1"
+
+    # A node n with two engines: the node's summary (its wall) in the header, the engines' in the device time.
+    stats = [_part("n-e0", 1, 1100.0), _part("n-e1", 1, 1110.0)]
+    ends = {"n": WorkerEnd(_summary("n", 130.0, 1200.0, device="2 engines, cuda: NVIDIA H200", rows=20), 1200.0),
+            "n-e0": WorkerEnd(_summary("n-e0", 100.0, 1150.0), 1150.0),
+            "n-e1": WorkerEnd(_summary("n-e1", 110.0, 1160.0), 1160.0)}
+    state = OutputState(stats, {"finished_at": 1160.0}, ends)
+    facts = gather_run_facts(spec, build_status(spec, "out", state, None, 3000.0, []), state, None)
+    assert [r.worker for r in facts.runs if r.node] == ["n"]
+    assert facts.wall_seconds == 130.0 and facts.devices == ["cuda: NVIDIA H200"] and facts.engines == ["vllm 0.26.0"]
+    assert facts.device_hours == 2 * (100.0 + 110.0) / 3600 and facts.rows_generated == 20
+    assert facts.cost(1) is None and facts.on_gpu
