@@ -286,13 +286,16 @@ def report(
     job: Path = JOB,
     sets: Optional[list[str]] = SET,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.png and report.html (default: the output's _batchgen/)."),
+    gpu_hour_price: Optional[float] = typer.Option(None, "--gpu-hour-price", min=0,
+                                                   help="Price of one GPU-hour: the report adds the job's cost and the cost per 1M output tokens."),
 ) -> None:
-    """Charts of a job from its stats: throughput, rows, prefix-cache hit rate and errors per worker (PNG + HTML)."""
+    """The morning-after report (PNG + one self-contained HTML page): what ran, how long, how it ended, what it cost;
+    rates over time, finish reasons, errors, token histograms, upload backlog, workers and units."""
     from batchgen.ops.report import make_report, save_report
 
     try:
         spec = load_job(job, None, sets)
-        rep = make_report(spec)
+        rep = make_report(spec, gpu_hour_price)
         written = save_report(spec, rep, str(out) if out else None)
     except BatchgenError as e:
         _fail(e)
