@@ -184,7 +184,7 @@ def test_logprobs_columns_shaped_as_documented(vllm_engine, tiny_model, tmp_path
                 if t["rank"] <= 3:  # the chosen token is among the top 3, at its rank
                     assert top[t["rank"] - 1]["token_id"] == t["token_id"]
                     assert top[t["rank"] - 1]["logprob"] == t["logprob"]
-            assert "".join(t["token"] for t in c["logprobs"]) == c["text"]
+            assert "".join(t["token"] for t in c["logprobs"]).removesuffix("</s>") == c["text"]  # EOS counts as a token
         prompt = r["prompt_logprobs"]
         assert len(prompt) == r["prompt_tokens"] and prompt[0]["logprob"] is None
         assert all(len(p["top_logprobs"]) == 2 and p["logprob"] <= 0 for p in prompt[1:])
