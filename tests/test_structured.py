@@ -88,6 +88,17 @@ def test_regex_every_text_matches(vllm_engine, tiny_model, tmp_path):
     assert "label" not in rows[0] and "parsed" not in rows[0]  # no column a job did not ask for
 
 
+def test_label_cut_by_max_tokens_keeps_its_text(vllm_engine, tiny_model, tmp_path):
+    write_shards(tmp_path / "in", shards=1, rows=4)
+    spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out",
+                             sampling={"temperature": 0, "max_tokens": 1, "structured": {"choice": ["river", "garden"]}}))
+    summary = run(vllm_engine, spec)
+    assert summary.counters.errors == 4 and summary.counters.invalid_json == 0  # not JSON: counted as errors only
+    for r in rows_of(tmp_path / "out"):
+        assert r["label"] is None and r["finish_reason"] == "length" and r["text"] and any(c.startswith(r["text"]) for c in ("river", "garden"))
+        assert r["error"] == "the completion is not one of the choices: cut by max_tokens (raise sampling.max_tokens)"
+
+
 def test_json_schema_file_every_parsed_validates(json_engine, tiny_model, tmp_path):
     write_shards(tmp_path / "in", shards=2, rows=10)
     (tmp_path / "qa.schema.json").write_text(json.dumps(QA))

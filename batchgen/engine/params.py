@@ -74,7 +74,7 @@ def check_request(spec: JobSpec, tokenizer: Any) -> None:
                         where="sampling.logprobs", fix="lower sampling.logprobs/prompt_logprobs or raise max_logprobs")
     config = structured_config(spec)
     st = spec.sampling.structured
-    if st is None:
+    if st is None or st.schema_file is not None:  # a schema file that could not be read is reported where it was read
         return
     from vllm import SamplingParams
     from vllm.config import StructuredOutputsConfig

@@ -251,8 +251,7 @@ def _check_engine(spec: JobSpec, v: Validation) -> None:
         engine_args_dict(spec.model, on_gpu=False)
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
-        structured = spec.sampling.structured is not None and spec.sampling.structured.schema_file is None
-        check_request(spec, load_tokenizer(spec.model) if structured else None)
+        check_request(spec, load_tokenizer(spec.model) if spec.sampling.structured else None)
     except BatchgenError as e:
         v.problems.append(Problem("engine", e.message, where=e.where, fix=e.fix))
     except ImportError as e:

@@ -117,9 +117,9 @@ def check_json(text: str, st: StructuredSpec, finish_reason: str) -> tuple[str |
 
 def finish_row(row: OutputRow, req: Request, c: Completion) -> None:
     """Fill the row's optional columns from the completion; a failed check sets `error` (text kept)."""
-    if c.error is not None or not c.texts:
-        return
     st = req.sampling.structured
+    if c.error is not None or not c.texts or (st is None and c.logprobs is None and c.prompt_logprobs is None):
+        return  # a plain row: nothing to add (the host cost of plain jobs stays what it was)
     per: list[dict[str, Any]] = [{} for _ in c.texts]
     problems: list[tuple[int, str]] = []
     for k, (text, reason) in enumerate(zip(c.texts, c.finish_reasons)):
