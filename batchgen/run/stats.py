@@ -72,6 +72,8 @@ def stats_from_part(data: bytes, unit: str, seq: int) -> dict[str, Any]:
     row: dict[str, Any] = {f.name: None for f in STATS_SCHEMA}
     row.update(unit=unit, seq=seq, worker=read_meta(data).get("worker", "?"), rows=table.num_rows,
                errors=table.num_rows - table.column("error").null_count, **sums,
+               # run.structured's reasons all say "invalid JSON" (also "completion k of n: invalid JSON: ...")
+               invalid_json=int(pc.sum(pc.match_substring(table.column("error"), "invalid JSON")).as_py() or 0),
                cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
     return row
 
