@@ -126,15 +126,18 @@ SCHEMAS = [
 
 
 def test_per_row_schemas_each_row_validates_against_its_own(json_engine, tiny_model, tmp_path):
-    bad = {7: "{not json", 8: json.dumps({"type": "bogus"})}
+    # 7: not JSON; 8: not JSON Schema; 9: valid JSON Schema that vLLM's grammar backends cannot compile (refused
+    # at add_request: VLLMValidationError in vLLM 0.32, which is not a ValueError).
+    bad = {7: "{not json", 8: json.dumps({"type": "bogus"}), 9: json.dumps({"type": "integer", "minimum": 5, "maximum": 1})}
     ids = write_shards(tmp_path / "in", shards=1, rows=12,
                        schema=lambda s, i: bad.get(i, json.dumps(SCHEMAS[i % 3]) if i != 11 else None))
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out",
                              sampling={"temperature": 0.7, "max_tokens": 48, "per_row": {"structured_schema": "schema"}}))
     summary = run(json_engine, spec)
-    assert summary.complete and summary.counters.rows == 12 and summary.counters.errors == 2
+    assert summary.complete and summary.counters.rows == 12 and summary.counters.errors == 3
     rows = {r["id"]: r for r in rows_of(tmp_path / "out")}
     assert "not valid JSON" in rows[ids[7]]["error"] and "not a valid JSON Schema" in rows[ids[8]]["error"]
+    assert rows[ids[9]]["error"].startswith("rejected by vLLM") and rows[ids[9]]["text"] is None
     for i in (7, 8):
         assert rows[ids[i]]["error"].startswith("invalid per-row value in column 'schema'") and repr(ids[i]) in rows[ids[i]]["error"]
     assert rows[ids[11]]["error"] is None and rows[ids[11]]["parsed"] is None  # null cell: the job's (free) text

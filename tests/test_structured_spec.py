@@ -51,6 +51,8 @@ CASES = [  # (case id, sampling, prompt, model, expected text)
     # Past the spec: vLLM's own check (xgrammar, then its fallbacks) at prepare time.
     ("regex-does-not-compile", {"structured": {"regex": "(unclosed"}}, None, None,
      "sampling.structured.regex: vLLM (auto backend) cannot use this constraint"),
+    ("schema-vllm-cannot-satisfy", {"structured": {"json_schema": {"type": "integer", "minimum": 5, "maximum": 1}}}, None, None,
+     "sampling.structured.json_schema: vLLM (auto backend) cannot use this constraint"),
     ("grammar-does-not-compile", {"structured": {"grammar": "root ::= missing_rule"}}, None, None,
      "sampling.structured.grammar: vLLM (auto backend) cannot use this constraint"),
     ("bad-backend-config", {"structured": {"regex": "a"}}, None,
