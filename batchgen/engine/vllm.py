@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from batchgen.engine.base import Completion, EngineInfo, Request
+from batchgen.engine.params import RequestExtras, engine_options
 from batchgen.errors import SpecError
 from batchgen.job.spec import JobSpec, ModelSpec, SamplingSpec
 
@@ -107,7 +108,7 @@ class VllmEngine:
         t0 = time.monotonic()
         # Offline batch work gets the defaults vLLM gives its own LLM class: on an H100/H200 that is
         # max_num_batched_tokens 16384, not the 2048 of the plain engine context (prefill 8x slower).
-        args = {**output_args(log_level), **engine_args_dict(spec.model, on_gpu=on_gpu)}  # engine_kwargs win
+        args = {**output_args(log_level), **engine_args_dict(spec.model, on_gpu=on_gpu), **engine_options(spec)}  # engine_kwargs win
         self._engine = LLMEngine.from_engine_args(EngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         started = time.monotonic() - t0
         cfg = self._engine.vllm_config
@@ -122,6 +123,8 @@ class VllmEngine:
             VLLMValidationError = ValueError  # noqa: N806
         self._validation_error = VLLMValidationError
         self._live: set[str] = set()
+        # Structured outputs, logprobs and choice scores: request keywords in, Completion fields out.
+        self._extras = RequestExtras(self._engine.get_tokenizer, cfg.model_config.get_vocab_size())
 
     @property
     def max_prompt_tokens(self) -> int | None:
@@ -137,7 +140,7 @@ class VllmEngine:
             frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
             stop=s.stop or None, stop_token_ids=s.stop_token_ids or None, ignore_eos=s.ignore_eos,
             skip_special_tokens=s.skip_special_tokens, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY,
-            **s.extra,
+            **s.extra, **self._extras.kwargs(s),
         )
 
     def add(self, req: Request) -> str | None:
@@ -150,6 +153,7 @@ class VllmEngine:
         except (ValueError, TypeError, self._validation_error) as e:
             return f"rejected by vLLM: {e}"
         self._live.add(req.key)
+        self._extras.track(req.key, req.sampling)
         return None
 
     def step(self) -> list[Completion]:
@@ -165,6 +169,7 @@ class VllmEngine:
                 output_tokens=[len(c.token_ids) for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids or []),
                 cached_tokens=out.num_cached_tokens or 0,
+                **self._extras.collect(out),
             ))
         return done
 
@@ -176,6 +181,7 @@ class VllmEngine:
         if keys:
             self._engine.abort_request(keys)
         self._live.clear()
+        self._extras.forget(keys)
         return keys
 
     def close(self) -> None:

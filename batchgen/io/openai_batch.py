@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from batchgen.io import openai_structured
 from batchgen.job.spec import OPENAI_BODY_FIELDS
 
 # A reader-side reason why a row cannot be generated; prompts.Renderer turns it into an error row.
@@ -26,13 +27,13 @@ _TYPES: dict[str, pa.DataType] = {
     **{f: pa.float64() for f in OPENAI_BODY_FIELDS}, **{f: pa.int64() for f in _INT_FIELDS}, "stop": pa.list_(pa.string()),
 }
 # Body keys that do not change what is generated; anything else unknown is refused per row, not ignored.
-_HARMLESS = {"model", "messages", "max_completion_tokens", "user", "stream", "store", "metadata", "logprobs"}
+_HARMLESS = {"model", "messages", "max_completion_tokens", "user", "stream", "store", "metadata"}
 
 
 def request_schema(id_column: str) -> pa.Schema:
     """Columns a request file offers to a job (what `prompt`, `sampling.per_row` and passthrough may name)."""
     return pa.schema([(id_column, pa.string()), ("messages", pa.list_(MESSAGE)), ("model", pa.string()),
-                      *[(f, _TYPES[f]) for f in OPENAI_BODY_FIELDS]])
+                      *[(f, _TYPES[f]) for f in OPENAI_BODY_FIELDS], *openai_structured.COLUMNS])
 
 
 def count_rows(lines: Iterator[bytes]) -> int:
@@ -71,7 +72,11 @@ def parse_request(line: bytes | str, id_column: str) -> tuple[dict[str, Any], st
         if err:
             return row, err
         row[name] = value
-    unknown = sorted(set(body) - set(OPENAI_BODY_FIELDS) - _HARMLESS)
+    options, err = openai_structured.request_options(body)  # response_format, logprobs/top_logprobs
+    row.update(options)
+    if err:
+        return row, err
+    unknown = sorted(set(body) - set(OPENAI_BODY_FIELDS) - _HARMLESS - openai_structured.BODY_KEYS)
     if unknown:
         return row, f"body.{unknown[0]} is not supported by batchgen (it would be ignored)"
     return row, None
@@ -144,12 +149,15 @@ def response_line(row: dict[str, Any], id_column: str, model: str, created: int)
     cid = row[id_column]
     token = hashlib.blake2b(f"{cid}\x1f{row.get('seed')}".encode(), digest_size=12).hexdigest()
     request_id = f"batch_req_{token}"
-    if row.get("error") is not None:
+    if row.get("error") is not None and row.get("text") is None:  # not generated (a generated row's error: JSON cut or invalid)
         return {"id": request_id, "custom_id": cid, "response": {"status_code": 400, "request_id": request_id, "body": None},
                 "error": {"code": "batchgen_row_error", "message": row["error"]}}
     completions = row.get("completions") or [
         {"text": row.get("text"), "finish_reason": row.get("finish_reason"), "output_tokens": row.get("output_tokens")}]
-    choices = [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
+    if not row.get("completions") and "logprobs" in row:
+        completions[0]["logprobs"] = row["logprobs"]
+    choices = [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": openai_structured.choice_logprobs(c.get("logprobs")),
                 "finish_reason": c["finish_reason"]} for i, c in enumerate(completions)]
     prompt, output = int(row.get("prompt_tokens") or 0), int(row.get("output_tokens") or 0)
     body = {"id": f"chatcmpl-{token}", "object": "chat.completion", "created": created, "model": model, "choices": choices,

@@ -83,6 +83,9 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(part, dict) and key in part:
             value = part[key]
             part[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    structured = (data.get("sampling") or {}).get("structured") if isinstance(data.get("sampling"), dict) else None
+    if isinstance(structured, dict) and isinstance(structured.get("json_schema"), str):
+        structured["json_schema"] = fix(structured["json_schema"])  # a schema file next to the job file
     return data
 
 

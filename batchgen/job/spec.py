@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from batchgen.job.structured import StructuredSpec
+
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a job file must not be silently ignored."""
@@ -56,10 +58,16 @@ class PromptSpec(Strict):
     template: str | None = Field(None, description="Prompt template with {column} placeholders, e.g. 'Label this review: {text}'. Use {{ and }} for literal braces.")
     system: str | None = Field(None, description="System prompt. Implies the chat template.")
     chat: bool | None = Field(None, description="Render with the model's chat template. Default: true for messages_column or when `system` is set, false otherwise.")
+    score_column: str | None = Field(None, description="Scoring mode: no generation (max_tokens 1), the text of this column is scored with vLLM's prompt logprobs: the output gets score_tokens, logprob_sum, logprob_mean and perplexity. Alone, the whole text is scored; with column/messages_column/template, that rendered prompt is the context and only this column's tokens (appended after it) are scored.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSpec:
         given = [k for k in ("column", "messages_column", "template") if getattr(self, k)]
+        if self.score_column and not given:
+            if self.system or self.chat:
+                raise ValueError("prompt.score_column alone scores plain text: remove system/chat, or give a context "
+                                 "(prompt.column, messages_column or template) to render with the chat template")
+            return self
         if len(given) != 1:
             raise ValueError(
                 "set exactly one of prompt.column, prompt.messages_column or prompt.template"
@@ -92,17 +100,23 @@ class PromptSpec(Strict):
         return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
 
     def input_columns(self) -> list[str]:
-        return [c for c in (self.column, self.messages_column) if c] + self.template_columns()
+        return [c for c in (self.column, self.messages_column) if c] + self.template_columns() + \
+            ([self.score_column] if self.score_column else [])
 
 
 # Sampling fields a per-row column may override (validated per row; a bad value is an error row).
+# structured_schema (a JSON-schema string), choices (a list) and json_object (a bool) set `structured` for the row.
 PER_ROW_FIELDS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
+                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "logprobs",
+                  "structured_schema", "choices", "json_object")
 PerRowField = Literal["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop"]
+                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "logprobs",
+                      "structured_schema", "choices", "json_object"]
 
 # Sampling fields an OpenAI batch request body may carry; each becomes a per-row override column.
 OPENAI_BODY_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "n", "stop", "presence_penalty", "frequency_penalty")
+# Per-row columns an OpenAI request file derives from response_format and logprobs/top_logprobs.
+OPENAI_DERIVED_FIELDS = ("structured_schema", "json_object", "logprobs")
 
 
 class SamplingSpec(Strict):
@@ -124,7 +138,22 @@ class SamplingSpec(Strict):
     skip_special_tokens: bool = True
     seed: int = Field(0, description="Job seed. Each row samples with a seed derived from this and its id, recorded in the output, so a retried row samples the same way.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other vLLM SamplingParams fields by name (checked against vLLM before the engine starts).")
-    per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value.")
+    structured: StructuredSpec | None = Field(None, description="Structured outputs (vLLM's StructuredOutputsParams): exactly one of choice, regex, json_schema, grammar, json_object. Per row: per_row.structured_schema / choices / json_object.")
+    logprobs: int | None = Field(None, ge=0, description="Log probabilities of each generated token and of its K most likely alternatives (vLLM's `logprobs`; 0: the chosen token only): adds the `logprobs` and `cumulative_logprob` columns. More than 20 raises the engine's max_logprobs to match.")
+    prompt_logprobs: int | None = Field(None, ge=0, description="Log probabilities of each prompt token and of its K most likely alternatives (vLLM's `prompt_logprobs`): adds the `prompt_logprobs` column. Turns off prefix-cache reads for the row.")
+    choice_scores: bool = Field(False, description="With a `choice` constraint: a `label_scores` column, label -> probability (summing to 1), from the first generated token's log probabilities. See docs/structured.md for the method and its limits.")
+    per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value. structured_schema (a JSON-schema string column), choices (a list column) and json_object (a bool column) replace `structured` for their row.")
+
+    @model_validator(mode="after")
+    def _scores_need_choices(self) -> SamplingSpec:
+        if self.choice_scores:
+            if not ((self.structured and self.structured.choice) or "choices" in self.per_row):
+                raise ValueError("sampling.choice_scores scores the labels of a choice: set sampling.structured.choice "
+                                 "(or per_row.choices)")
+            if self.logprobs is not None:
+                raise ValueError("sampling.choice_scores and sampling.logprobs cannot be combined (vLLM returns either "
+                                 "the top-K tokens or the choices' tokens): remove one")
+        return self
 
 
 class ModelSpec(Strict):
@@ -144,6 +173,7 @@ class ModelSpec(Strict):
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False
     load_format: str = Field("auto", description="auto, safetensors, dummy (random weights of the real shape, for benchmarks), ...")
+    structured_backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = Field("auto", description="Grammar backend of structured outputs (vLLM's StructuredOutputsConfig.backend). auto: xgrammar, falling back to guidance/outlines for what it cannot compile.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs field, checked by name before the engine starts.")
 
 
@@ -207,9 +237,17 @@ class JobSpec(Strict):
         data.setdefault("prompt", {"messages_column": "messages"})
         given = data.get("sampling") or {}
         sampling = given.model_dump() if isinstance(given, BaseModel) else {**given}
-        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS}, **(sampling.get("per_row") or {})}
+        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS + OPENAI_DERIVED_FIELDS}, **(sampling.get("per_row") or {})}
         data["sampling"] = sampling
         return data
+
+    @model_validator(mode="after")
+    def _scoring_generates_nothing(self) -> JobSpec:
+        s = self.sampling
+        if self.prompt.score_column and (s.structured or s.choice_scores):
+            raise ValueError("prompt.score_column scores existing text and generates nothing: remove sampling.structured "
+                             "and sampling.choice_scores")
+        return self
 
     def input_columns(self) -> list[str]:
         """The columns read from the input: nothing else is loaded."""
@@ -219,7 +257,8 @@ class JobSpec(Strict):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what the output holds: a resume with different values is refused."""
-        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format"})
+        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format",
+                                                "structured_backend"})
         return {
             "input.format": self.input.format,
             "input.id_column": self.input.id_column,

@@ -26,6 +26,7 @@ from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec, ModelSpec
 from batchgen.ops.rowcheck import RowScan, scan_rows
 from batchgen.run.prompts import Renderer
+from batchgen.run.structured import load_schema_file
 from batchgen.run.tokenizer import load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import CONFLICT, CONFLICT_FIX, differences, planned, read_manifest
@@ -86,6 +87,10 @@ def spec_problem(err: BatchgenError) -> Validation:
 
 def validate_job(spec: JobSpec, sample_rows: int | None = None, engine_check: bool = True) -> Validation:
     v = Validation(job=spec.name or "job")
+    try:
+        load_schema_file(spec)  # as a run does first: a json_schema path/URL is read and checked
+    except BatchgenError as e:
+        v.problems.append(Problem("spec", e.message, where=e.where, fix=e.fix))
     source = InputFiles.open(spec.input)
     units = _check_input(spec, source, v)
     renderer = _renderer(spec, v)
@@ -240,11 +245,13 @@ def _check_engine(spec: JobSpec, v: Validation) -> None:
     if spec.runtime.engine != "vllm":
         return
     try:
+        from batchgen.engine.params import check_request
         from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra, engine_args_dict
 
         engine_args_dict(spec.model, on_gpu=False)
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
+        check_request(spec, load_tokenizer(spec.model) if spec.sampling.structured else None)
     except BatchgenError as e:
         v.problems.append(Problem("engine", e.message, where=e.where, fix=e.fix))
     except ImportError as e:

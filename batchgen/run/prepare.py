@@ -21,6 +21,7 @@ from batchgen.job.spec import JobSpec
 from batchgen.run.committer import PartSink
 from batchgen.run.observers import RunObserver
 from batchgen.run.stats import stats_bytes, stats_from_part
+from batchgen.run.structured import load_schema_file
 from batchgen.run.tokenizer import load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import check_job_manifest, recorded_plan
@@ -48,6 +49,7 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
+    load_schema_file(spec)  # a json_schema path/URL becomes the schema itself (its content is fingerprinted)
     source = InputFiles.open(spec.input)
     shards = source.discover()
     schema = None
@@ -58,10 +60,12 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
     mine = list(plan.units) if spec.runtime.elastic else assign(plan.units, rank, world_size)
     tokenizer = load_tokenizer(spec.model)
     if spec.runtime.engine == "vllm":  # option names are checked before any engine memory is taken
+        from batchgen.engine.params import check_request
         from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra
 
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
+        check_request(spec, tokenizer)  # the structured constraint compiles; logprobs fit
     check_job_manifest(store, spec, force, plan.rule)
     removed = remove_stale_temp(store)
     if removed:

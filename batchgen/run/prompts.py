@@ -16,6 +16,7 @@ from batchgen.engine.base import Request
 from batchgen.io.openai_batch import READ_ERROR
 from batchgen.io.reader import ROW_INDEX
 from batchgen.job.spec import JobSpec, SamplingSpec
+from batchgen.run import scoring, structured
 
 
 class Tokenizer(Protocol):
@@ -37,6 +38,8 @@ class Renderer:
         self.tok = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self._base = spec.sampling.model_dump()
+        # Scoring mode: every row runs with one generated token and prompt logprobs (run.scoring).
+        self._score_sampling = scoring.score_sampling(spec.sampling) if spec.prompt.score_column else None
 
     def render(self, unit: str, batch: pa.RecordBatch) -> list[Request]:
         spec = self.spec
@@ -63,14 +66,20 @@ class Renderer:
             seed_col = spec.sampling.per_row.get("seed")
             explicit = seed_col is not None and cols[seed_col][i] is not None and req.error is None
             req.seed = req.sampling.seed if explicit else row_seed(spec.sampling.seed, rid)
+            if self._score_sampling is not None:
+                req.sampling = self._score_sampling if req.sampling is spec.sampling else scoring.score_sampling(req.sampling)
             text, err = self._text(cols, i)
             req.error = req.error or err
             texts.append(text if req.error is None else "")
         self._tokenize(reqs, texts)
+        if spec.prompt.score_column:
+            scoring.append_texts(reqs, cols[spec.prompt.score_column], spec.prompt.score_column, self.tok, self.max_prompt_tokens)
         return reqs
 
     def _text(self, cols: dict[str, list], i: int) -> tuple[str, str | None]:
         p = self.spec.prompt
+        if not (p.column or p.messages_column or p.template):
+            return "", None  # scoring mode without a context: the scored text is the whole prompt (run.scoring)
         if p.messages_column:
             messages = cols[p.messages_column][i]
             problem = _check_messages(messages, p.messages_column)
@@ -108,10 +117,18 @@ class Renderer:
         if not values:
             return self.spec.sampling, None
         try:
+            values, structured_from = structured.row_fields(values, per_row, cols[self.spec.input.id_column][i])
+        except structured.RowValueError as e:
+            return self.spec.sampling, str(e)
+        try:
             return SamplingSpec.model_validate({**self._base, **values}), None
         except ValidationError as e:
             first = e.errors()[0]
             field_name = str(first["loc"][0])
+            if field_name == "structured" and structured_from:  # the cell's column, and no schema echoed in full
+                return self.spec.sampling, (f"invalid per-row value in column {per_row[structured_from]!r} for "
+                                            f"{structured_from} (row id {cols[self.spec.input.id_column][i]!r}): "
+                                            f"{first['msg'].removeprefix('Value error, ')}")[:500]
             return self.spec.sampling, (f"invalid per-row value in column {per_row.get(field_name, field_name)!r} "
                                         f"for {field_name}: {first['msg']} (got {first.get('input')!r})")
 

@@ -34,6 +34,7 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
+from batchgen.run.structured import finish_row
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.lease import LeaseBook
@@ -253,9 +254,11 @@ class Runner:
 
 
 def _output_row(req: Request, c: Completion) -> OutputRow:
-    return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
-                     output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
-                     error=c.error, passthrough=req.passthrough)
+    row = OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
+                    output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
+                    error=c.error, passthrough=req.passthrough)
+    finish_row(row, req, c)  # structured outputs, logprobs, scores (run.structured)
+    return row
 
 
 def _error_row(req: Request, error: str) -> OutputRow:
