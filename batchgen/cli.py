@@ -14,6 +14,7 @@ import typer
 
 from batchgen.errors import EXIT_INTERRUPTED, BatchgenError
 from batchgen.job.load import load_job
+from batchgen.job.spec import JobSpec
 from batchgen.work.ranks import rank_from_environment
 
 app = typer.Typer(
@@ -41,6 +42,15 @@ def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str
     if rank is not None or world_size is not None:
         return rank or 0, world_size or 1, "flags"
     return rank_from_environment(os.environ)
+
+
+def _with_model_cache(spec: JobSpec) -> JobSpec:
+    """runtime.model_cache defaults to the user's cache folder (env vars are read here, not in the library)."""
+    if spec.runtime.model_cache is None:
+        base = os.environ.get("BATCHGEN_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batchgen")
+        spec.runtime.model_cache = os.path.join(base, "models")
+    return spec
 
 
 def _fail(err: BatchgenError) -> None:
@@ -103,7 +113,7 @@ def run(
             trust_remote_code=trust_remote_code, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty, seed=seed)
-        spec = load_job(job, flags, sets)
+        spec = _with_model_cache(load_job(job, flags, sets))
         r, w, source = _rank(rank, world_size)
         worker = worker_id or f"{socket.gethostname()}-r{r}"
         logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
@@ -191,7 +201,7 @@ def validate_cmd(
     from batchgen.ops.validate import render_text, spec_problem, validate_job
 
     try:
-        spec = load_job(job, parse_flags(ctx.args), sets)
+        spec = _with_model_cache(load_job(job, parse_flags(ctx.args), sets))
     except BatchgenError as e:
         result = spec_problem(e)
     else:

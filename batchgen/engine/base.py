@@ -20,6 +20,8 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    lora: str | None = None  # the LoRA adapter's name (model.lora), or None for the base model
+    images: list[Any] | None = None  # decoded images (PIL), one per placeholder in token_ids
 
     @property
     def key(self) -> str:

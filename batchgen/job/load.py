@@ -102,11 +102,15 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             return str((base / p).resolve())
         return p
 
-    for section, key in (("input", "path"), ("output", "path"), ("model", "path"), ("model", "tokenizer")):
+    for section, key in (("input", "path"), ("output", "path"), ("model", "path"), ("model", "tokenizer"),
+                         ("runtime", "model_cache")):
         part = data.get(section)
         if isinstance(part, dict) and key in part:
             value = part[key]
             part[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    adapters = data.get("model", {}).get("lora") if isinstance(data.get("model"), dict) else None
+    if isinstance(adapters, dict):
+        data["model"]["lora"] = {name: fix(folder) for name, folder in adapters.items()}
     return data
 
 

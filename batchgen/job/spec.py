@@ -56,6 +56,9 @@ class PromptSpec(Strict):
     template: str | None = Field(None, description="Prompt template with {column} placeholders, e.g. 'Label this review: {text}'. Use {{ and }} for literal braces.")
     system: str | None = Field(None, description="System prompt. Implies the chat template.")
     chat: bool | None = Field(None, description="Render with the model's chat template. Default: true for messages_column or when `system` is set, false otherwise.")
+    image_column: str | None = Field(None, description="Column with the row's image(s) for a vision model, beside `column` or `template`: image file bytes, a path or URL (local, s3://, any fsspec URL, data:, http(s)), a struct {bytes, path} (Hugging Face datasets' Image), or a list of these. An unreadable image makes an error row.")
+    image_placeholder: str | None = Field(None, description="The text standing for one image in the prompt (e.g. `<image>` for LLaVA). Default: the `image_token` in the model folder's processor_config.json / preprocessor_config.json / tokenizer_config.json. A prompt without it gets one per image in front; '' for models that insert image tokens themselves (PaliGemma).")
+    image_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for one image from an http(s) URL or object store.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSpec:
@@ -67,6 +70,9 @@ class PromptSpec(Strict):
             )
         if self.messages_column and self.chat is False:
             raise ValueError("prompt.messages_column always uses the chat template; remove `chat: false`")
+        if self.image_column and self.messages_column:
+            raise ValueError("prompt.image_column is for `column` and `template` prompts; with messages_column, put the "
+                             "images in the messages as image_url content parts")
         return self
 
     @field_validator("template")
@@ -92,14 +98,15 @@ class PromptSpec(Strict):
         return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
 
     def input_columns(self) -> list[str]:
-        return [c for c in (self.column, self.messages_column) if c] + self.template_columns()
+        return [c for c in (self.column, self.messages_column) if c] + self.template_columns() + \
+            ([self.image_column] if self.image_column else [])
 
 
 # Sampling fields a per-row column may override (validated per row; a bad value is an error row).
 PER_ROW_FIELDS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
+                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "lora")
 PerRowField = Literal["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop"]
+                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "lora"]
 
 # Sampling fields an OpenAI batch request body may carry; each becomes a per-row override column.
 OPENAI_BODY_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "n", "stop", "presence_penalty", "frequency_penalty")
@@ -124,14 +131,16 @@ class SamplingSpec(Strict):
     skip_special_tokens: bool = True
     seed: int = Field(0, description="Job seed. Each row samples with a seed derived from this and its id, recorded in the output, so a retried row samples the same way.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other vLLM SamplingParams fields by name (checked against vLLM before the engine starts).")
+    lora: str | None = Field(None, description="LoRA adapter (a name from model.lora) for every row; per_row.lora picks one per row (a null cell: this one, or the base model).")
     per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value.")
 
 
 class ModelSpec(Strict):
     """The engine: named fields for the common vLLM options, `engine_kwargs` for any other EngineArgs field."""
 
-    path: str = Field(..., description="Local model folder or Hugging Face id (as `vllm serve MODEL`).")
-    tokenizer: str | None = Field(None, description="Tokenizer folder or id, if not the model's.")
+    path: str = Field(..., description="Local model folder, Hugging Face id (as `vllm serve MODEL`), or a folder on an object store (s3://bucket/prefix/, any fsspec URL): copied once per machine into runtime.model_cache, verified, then loaded from there.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder, id or URL, if not the model's.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for model.path, model.tokenizer and model.lora URLs.")
     dtype: str = Field("auto", description="auto, bfloat16, float16, float32.")
     quantization: str | None = Field(None, description="awq, gptq, fp8, ... (as vLLM's --quantization).")
     max_model_len: int | None = Field(None, ge=16, description="Context length; prompts longer than this (minus max_tokens headroom none) become error rows.")
@@ -144,6 +153,9 @@ class ModelSpec(Strict):
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False
     load_format: str = Field("auto", description="auto, safetensors, dummy (random weights of the real shape, for benchmarks), ...")
+    lora: dict[str, str] = Field(default_factory=dict, description="LoRA adapters by name: {name: folder}, each a PEFT folder (adapter_config.json + adapter_model.safetensors), local or on an object store (copied once into runtime.model_cache). Rows pick one with sampling.lora or sampling.per_row.lora.")
+    max_loras: int | None = Field(None, ge=1, description="Adapters in one engine batch (vLLM's max_loras). Default: the number of adapters, at most 8.")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank (vLLM's max_lora_rank: 8, 16, 32, 64, ...). Default: the smallest vLLM value that fits every adapter's rank.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs field, checked by name before the engine starts.")
 
 
@@ -175,6 +187,7 @@ class RuntimeSpec(Strict):
     cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
+    model_cache: str | None = Field(None, description="Local folder where model weights, tokenizers and adapters from object stores are copied (once per machine; engines of a node share one copy). Default: $BATCHGEN_CACHE/models, else $XDG_CACHE_HOME/batchgen/models, else ~/.cache/batchgen/models.")
     metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
     metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
 
@@ -211,6 +224,15 @@ class JobSpec(Strict):
         data["sampling"] = sampling
         return data
 
+    @model_validator(mode="after")
+    def _lora_names(self) -> JobSpec:
+        if self.sampling.lora is not None and self.sampling.lora not in self.model.lora:
+            known = ", ".join(sorted(self.model.lora)) or "none"
+            raise ValueError(f"sampling.lora {self.sampling.lora!r} is not an adapter of model.lora (known: {known})")
+        if "lora" in self.sampling.per_row and not self.model.lora:
+            raise ValueError("sampling.per_row.lora needs adapters: list them in model.lora as {name: folder}")
+        return self
+
     def input_columns(self) -> list[str]:
         """The columns read from the input: nothing else is loaded."""
         cols = [self.input.id_column, *self.prompt.input_columns(), *self.sampling.per_row.values(),
@@ -219,7 +241,7 @@ class JobSpec(Strict):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what the output holds: a resume with different values is refused."""
-        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format"})
+        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format", "lora"})
         return {
             "input.format": self.input.format,
             "input.id_column": self.input.id_column,
