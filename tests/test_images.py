@@ -26,6 +26,7 @@ from batchgen.models.tiny_llava import IMAGE_TOKEN, TINY, ensure_tiny_llava
 from batchgen.run.images import ImagePrompts
 from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import ROOT, SharedEngine, job_dict
+from tests.direct import direct_texts
 
 SHIM = ROOT / "tests" / "pil_pixtral"  # see its docstring: vLLM's CPU build and the missing torchvision
 
@@ -48,8 +49,10 @@ def tiny_llava() -> Path:
     return ensure_tiny_llava(ROOT / ".cache" / "models")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def vision_engine(tiny_llava, tmp_path_factory):
+    """A real engine on the tiny LLaVA. Session-scoped and never shut down, like test_lora's (shutting an
+    in-process engine down tears down vLLM's process-wide state that the other engines use)."""
     from batchgen.engine.vllm import VllmEngine
 
     shim = importlib.util.spec_from_file_location("batchgen_tests_pil_pixtral", SHIM / "sitecustomize.py")
@@ -64,8 +67,7 @@ def vision_engine(tiny_llava, tmp_path_factory):
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = before
-    yield SharedEngine(engine)
-    engine.close()
+    return SharedEngine(engine)
 
 
 def vision_job(model: Path, data, out, prompt: dict | None = None, **sections) -> dict:
@@ -84,16 +86,9 @@ def direct(engine, prompts: dict[str, tuple[str, list]]) -> dict[str, str]:
     """Greedy outputs through vLLM's own API: prompt text with the placeholder, the images as PIL."""
     from vllm import SamplingParams
 
-    llm = engine.engine._engine
-    for key, (text, images) in prompts.items():
-        prompt = {"prompt": text, **({"multi_modal_data": {"image": images}} if images else {})}
-        llm.add_request(f"direct-{key}", prompt, SamplingParams(temperature=0, max_tokens=10))
-    out = {}
-    while llm.has_unfinished_requests():
-        for o in llm.step():
-            if o.finished:
-                out[o.request_id.removeprefix("direct-")] = o.outputs[0].text
-    return out
+    return direct_texts(engine.engine._engine, {k: {"prompt": text, **({"multi_modal_data": {"image": images}} if images else {})}
+                                                for k, (text, images) in prompts.items()},
+                        SamplingParams(temperature=0, max_tokens=10))
 
 
 def decoded(data: bytes):

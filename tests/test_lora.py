@@ -8,19 +8,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchgen.engine.base import Request
-from batchgen.errors import SpecError
+from batchgen.errors import EXIT_BAD_JOB, SpecError
 from batchgen.job.load import validate
 from batchgen.job.spec import ModelSpec, SamplingSpec
 from batchgen.models.localize import adapter_rank, local_model, lora_rank
 from batchgen.run.prompts import order_by_prefix
 from batchgen.run.runner import RunOptions, Runner
-from tests.conftest import SharedEngine, job_dict, write_shards
+from tests.conftest import SharedEngine, job_dict, run_cli, write_job, write_shards
+from tests.direct import direct_texts
 from tests.lora_adapters import write_adapter
 
 ADAPTERS = {"a": 1, "b": 2}  # name -> weight seed
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def adapters(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("adapters")
     return {name: str(write_adapter(root / name, seed)) for name, seed in ADAPTERS.items()}
@@ -32,16 +33,16 @@ def lora_job(model, data, out, adapters: dict[str, str], **sections) -> dict:
     return job
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lora_engine(tiny_model, adapters, tmp_path_factory):
-    """One more real engine, with LoRA enabled (vLLM's LoRA must be on at start), for this module."""
+    """One more real engine, with LoRA enabled (vLLM's LoRA must be on at start). Session-scoped and never
+    shut down: shutting down an in-process engine tears down vLLM's process-wide parallel state, which
+    the session's other engines still use (the process exit frees it)."""
     from batchgen.engine.vllm import VllmEngine
 
     tmp = tmp_path_factory.mktemp("lora-engine")
     spec = validate(lora_job(tiny_model, tmp / "in", tmp / "out", adapters))
-    engine = VllmEngine(spec.model_copy(update={"model": local_model(spec.model, None)}))
-    yield SharedEngine(engine)
-    engine.close()
+    return SharedEngine(VllmEngine(spec.model_copy(update={"model": local_model(spec.model, None)})))
 
 
 def run(engine, spec):
@@ -53,16 +54,9 @@ def direct(engine, prompts: dict[str, str], lora: str | None) -> dict[str, str]:
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
-    llm = engine.engine._engine
-    req = None if lora is None else LoRARequest(lora, engine.engine._loras[lora].lora_int_id, engine.engine._loras[lora].lora_path)
-    for key, text in prompts.items():
-        llm.add_request(f"direct-{key}", text, SamplingParams(temperature=0, max_tokens=8), lora_request=req)
-    out = {}
-    while llm.has_unfinished_requests():
-        for o in llm.step():
-            if o.finished:
-                out[o.request_id.removeprefix("direct-")] = o.outputs[0].text
-    return out
+    loaded = engine.engine._loras.get(lora)
+    req = None if lora is None else LoRARequest(lora, loaded.lora_int_id, loaded.lora_path)
+    return direct_texts(engine.engine._engine, prompts, SamplingParams(temperature=0, max_tokens=8), req)
 
 
 def outputs(out) -> dict[str, dict]:
@@ -106,18 +100,19 @@ def test_per_row_adapters_route_each_row(lora_engine, tiny_model, adapters, tmp_
 @pytest.mark.engine
 def test_a_broken_adapter_fails_at_engine_start_naming_it(tiny_model, tmp_path):
     """Files of the right names and a weights file cut short (a failed upload): vLLM refuses it when it is
-    loaded, which batchgen does for every adapter at engine start, before any row."""
-    from batchgen.engine.vllm import VllmEngine
-
+    loaded, which batchgen does for every adapter at engine start: exit 2 naming it, no row taken.
+    (A process of its own: a failed engine is shut down, and in-process that would take the tests' engines along.)"""
+    write_shards(tmp_path / "in", shards=1, rows=6)
     good = write_adapter(tmp_path / "good", 1)
     bad = write_adapter(tmp_path / "bad", 2)
     weights = bad / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
-    spec = validate(lora_job(tiny_model, tmp_path / "in", tmp_path / "out", {"good": str(good), "bad": str(bad)}))
-    with pytest.raises(SpecError) as err:
-        VllmEngine(spec.model_copy(update={"model": local_model(spec.model, None)}))
-    text = err.value.render()
-    assert "model.lora.bad" in text and "cannot be loaded" in text and str(bad) in text and "header" in text
+    job = write_job(tmp_path / "job.yaml", lora_job(tiny_model, tmp_path / "in", tmp_path / "out",
+                                                    {"good": str(good), "bad": str(bad)}))
+    res = run_cli("run", str(job))
+    assert res.returncode == EXIT_BAD_JOB, res.stderr[-2000:]
+    assert "model.lora.bad: LoRA adapter 'bad' cannot be loaded from" in res.stderr and "header" in res.stderr
+    assert not any((tmp_path / "out").rglob("*.parquet")), "no row may be generated"
 
 
 def test_adapter_folders_are_checked_before_the_engine(tmp_path):

@@ -20,6 +20,7 @@ from batchgen.job.load import validate
 from batchgen.job.spec import ModelSpec, StorageSpec
 from batchgen.models.cache import COMPLETE, cache_folder, ensure_local
 from batchgen.models.localize import local_model
+from batchgen.ops.validate import validate_job
 from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import ROOT, job_dict, run_cli, write_job, write_shards
 
@@ -172,8 +173,8 @@ def test_s3_model_job_equals_the_local_folder(vllm_engine, tiny_model, s3, tmp_p
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "BATCHGEN_CACHE": ""}
 
     n0 = len(s3.faults.requests)
-    res = run_cli("validate", str(tmp_path / "job.yaml"), "--no-engine-check", env=env)
-    assert res.returncode == 0, res.stdout + res.stderr
+    checked = validate_job(validate({**job, "runtime": {"model_cache": str(tmp_path / "validate-cache")}}), engine_check=False)
+    assert checked.exit_code == 0 and checked.rows == 12, checked.as_dict()
     assert gets(s3, n0, "model.safetensors") == 0 and gets(s3, n0, "tokenizer.json") == 1
 
     res = run_cli("run", str(tmp_path / "job.yaml"), env=env)

@@ -163,7 +163,7 @@ class Store:
                     return False
             else:
                 os.replace(tmp, final)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             return True
         except PermissionError as e:
             raise StorageError(f"permission denied writing {final}", fix="choose a writable output.path") from e
@@ -172,7 +172,7 @@ class Store:
                 os.unlink(tmp)
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

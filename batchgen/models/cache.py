@@ -32,7 +32,7 @@ from typing import Callable
 
 from batchgen.errors import SpecError, StorageError
 from batchgen.io.retry import RetryPolicy, with_retries
-from batchgen.io.store import open_fs
+from batchgen.io.store import fsync_dir, open_fs
 from batchgen.job.spec import StorageSpec
 
 log = logging.getLogger("batchgen.models")
@@ -240,7 +240,7 @@ def _swap_into_place(partial: Path, dest: Path) -> None:
         stale = dest.with_name(f"{dest.name}.stale-{uuid.uuid4().hex[:8]}")
         os.rename(dest, stale)
     os.rename(partial, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(str(dest.parent))
     if stale is not None:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -252,11 +252,3 @@ def _write_json(path: Path, obj: object) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

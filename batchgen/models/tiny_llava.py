@@ -10,12 +10,11 @@ with `load_format: dummy` on a GPU: the real model's shapes, no download.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from batchgen.models.folder import build_folder, ensure_folder
 
 RECIPE_VERSION = 1  # bump whenever the bytes written change, so caches are rebuilt
 IMAGE_TOKEN = "<image>"
@@ -158,34 +157,13 @@ def _write_weights(folder: Path, config, shape: LlavaShape, seed: int) -> None:
 def build_llava(dest: Path, shape: LlavaShape = TINY, *, seed: int | None = 0) -> Path:
     """The model folder at dest, whole or not at all (temp dir + rename). seed=None: no weights.
     Raises FileExistsError if dest exists."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        _write(tmp, shape, seed)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if dest.exists():
-            raise FileExistsError(f"{dest} already exists")
-        os.rename(tmp, dest)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and dest.is_dir():
-            raise FileExistsError(f"{dest} already exists") from exc
-        raise
-    return dest
+    return build_folder(dest, lambda tmp: _write(tmp, shape, seed))
 
 
 def ensure_tiny_llava(cache_dir: Path, *, seed: int = 0) -> Path:
     """The cached tiny LLaVA folder under cache_dir, built once (a lost build race uses the winner's)."""
-    dest = Path(cache_dir).expanduser() / f"tiny-llava-v{RECIPE_VERSION}-s{seed}"
-    if dest.is_dir():
-        return dest
-    try:
-        return build_llava(dest, TINY, seed=seed)
-    except FileExistsError:
-        return dest
+    return ensure_folder(Path(cache_dir).expanduser() / f"tiny-llava-v{RECIPE_VERSION}-s{seed}",
+                         lambda tmp: _write(tmp, TINY, seed))
 
 
 def main(argv: list[str] | None = None) -> int:
