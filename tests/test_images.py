@@ -236,3 +236,23 @@ def test_placeholders(tiny_llava):
     assert not strings.template_places_images
     messages, refs = strings.template_messages([{"role": "user", "content": "hi", "images": ["u1", "u2"]}])
     assert messages == [{"role": "user", "content": f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\nhi"}] and refs == ["u1", "u2"]
+
+
+def test_image_column_with_a_system_prompt_goes_through_the_chat_template(tiny_llava, tmp_path):
+    """A template prompt with `system` is chat: the image becomes an image part of the user message, and
+    the template puts the placeholder there (once), not in front of the whole rendered chat."""
+    from transformers import AutoTokenizer
+
+    from batchgen.io.reader import ROW_INDEX
+    from batchgen.run.prompts import Renderer
+
+    spec = validate(vision_job(tiny_llava, tmp_path, tmp_path / "out",
+                               prompt={"template": "what is it?", "image_column": "image", "system": "be brief"}))
+    tok = AutoTokenizer.from_pretrained(tiny_llava)
+    batch = pa.record_batch({"id": ["x", "y", "z"], "image": [png(1), None, b"junk"], ROW_INDEX: [0, 1, 2]})
+    x, y, z = Renderer(spec, tok, 500, image_placeholder=IMAGE_TOKEN).render("u", batch)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert tok.decode(x.token_ids) == f"system: be brief\nuser: {IMAGE_TOKEN}what is it?\nassistant: "
+    assert x.token_ids.count(image_id) == 1 and len(x.images) == 1 and x.images[0].size == (40, 48)
+    assert y.error is None and y.images is None and image_id not in y.token_ids  # no image: a text-only row
+    assert z.error.startswith("row 'z': image 1 of 1 is unreadable: not a readable image")

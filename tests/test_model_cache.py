@@ -185,3 +185,22 @@ def test_s3_model_job_equals_the_local_folder(vllm_engine, tiny_model, s3, tmp_p
     assert sorted(r["id"] for r in rows) == sorted(ids)
     local = {r["id"]: r["text"] for r in pq.read_table(tmp_path / "local" / "parts").to_pylist()}
     assert {r["id"]: r["text"] for r in rows} == local
+
+
+def test_adapters_and_tokenizer_on_s3_are_copied_like_weights(s3, tiny_model, tmp_path):
+    from tests.lora_adapters import write_adapter
+
+    adapter = write_adapter(tmp_path / "adapter", 1, rank=16)
+    bucket = s3.make_bucket()
+    adapter_url = s3.upload(adapter, f"s3://{bucket}/adapters/support")
+    model_url = s3.upload(tiny_model, f"s3://{bucket}/models/tiny")
+    spec = ModelSpec(path=model_url, tokenizer=model_url, lora={"support": adapter_url}, storage=s3.storage())
+    local = local_model(spec, str(tmp_path / "cache"))
+    same_files(adapter, Path(local.lora["support"]))
+    same_files(tiny_model, Path(local.path))
+    assert local.tokenizer == local.path and local.max_lora_rank == 16
+    # validate's copy: tokenizer and config files only, in an entry of its own, and no adapters.
+    light = local_model(spec, str(tmp_path / "cache2"), tokenizer_only=True)
+    assert sorted(p.name for p in Path(light.path).iterdir()) == sorted(
+        [p.name for p in tiny_model.iterdir() if p.name != "model.safetensors"] + [COMPLETE])
+    assert light.lora == {"support": adapter_url}
