@@ -27,7 +27,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # and torch), and the builders of the test and demo models (not used at run time) need torch plus two of
 # transformers' own dependencies, and the `demo` extra.
 ENGINE_EXTRA = {"vllm": None, "torch": None, "xgrammar": None}  # xgrammar: vLLM's grammar backend (engine/choices.py)
-MODEL_BUILDERS = {"batchgen/models/tiny_llama.py", "batchgen/models/smollm2.py"}
+MODEL_BUILDERS = {"batchgen/models/tiny_llama.py", "batchgen/models/tiny_llava.py", "batchgen/models/smollm2.py"}
 BUILDER_IMPORTS = {"torch", "tokenizers", "safetensors", "gguf", "accelerate"}
 
 

@@ -105,7 +105,11 @@ def test_missing_output_file_is_rebuilt_on_rerun(vllm_engine, tiny_model, tmp_pa
     ({"custom_id": 7, "body": {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5, "stop": "x"}},
      None, lambda r: r["id"] == "7" and r["max_tokens"] == 5 and r["stop"] == ["x"]),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}},
-     None, lambda r: r["messages"] == [{"role": "user", "content": "ab"}]),
+     None, lambda r: r["messages"] == [{"role": "user", "content": "ab", "images": None}]),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": "s3://b/cat.jpg"}]}]}},
+     None, lambda r: r["messages"] == [{"role": "user", "content": "what is it?", "images": ["data:image/png;base64,AAAA", "s3://b/cat.jpg"]}]),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "temperature": True}},
      "body.temperature must be a number, got True", None),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "n": 1.5}}, "body.n must be an integer", None),
@@ -116,7 +120,9 @@ def test_missing_output_file_is_rebuilt_on_rerun(vllm_engine, tiny_model, tmp_pa
      None, lambda r: r["json_object"] is True and r["logprobs"] == 2 and r["structured_schema"] is None),
     ({"custom_id": "a", "body": {"messages": []}}, "body.messages must be a non-empty list", None),
     ({"custom_id": "a", "method": "GET", "body": {}}, "method must be POST", None),
-    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}}, "only text is supported", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}}, "image_url part without a url", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}},
+     "only text and image_url are supported", None),
 ])
 def test_parse_request_table(line, expect_error, check):
     row, error = parse_request(json.dumps(line), "id")

@@ -21,6 +21,8 @@ class Request:
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     score_from: int | None = None  # scoring mode: the first prompt position whose logprob is scored (run.scoring)
+    lora: str | None = None  # the LoRA adapter's name (model.lora), or None for the base model
+    images: list[Any] | None = None  # decoded images (PIL), one per placeholder in token_ids
 
     @property
     def key(self) -> str:

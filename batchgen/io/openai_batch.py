@@ -21,7 +21,8 @@ from batchgen.job.spec import OPENAI_BODY_FIELDS
 # A reader-side reason why a row cannot be generated; prompts.Renderer turns it into an error row.
 READ_ERROR = "read_error"
 CHAT_URL = "/v1/chat/completions"
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# A message's text parts joined, and its image_url parts' URLs in order (data:, http(s), s3://, paths).
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("images", pa.list_(pa.string()))])
 _INT_FIELDS = {"max_tokens", "seed", "n"}
 _TYPES: dict[str, pa.DataType] = {
     **{f: pa.float64() for f in OPENAI_BODY_FIELDS}, **{f: pa.int64() for f in _INT_FIELDS}, "stop": pa.list_(pa.string()),
@@ -89,15 +90,34 @@ def _messages(value: Any) -> tuple[list[dict] | None, str | None]:
     for k, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             return None, f"body.messages[{k}] needs a string role"
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
-                return None, f"body.messages[{k}] has non-text content parts; only text is supported"
-            content = "".join(str(p.get("text", "")) for p in content)
+        content, images = m.get("content"), []
+        if isinstance(content, list):  # content parts: text and image_url
+            content, images, err = _parts(content, k)
+            if err:
+                return None, err
         if not isinstance(content, str):
-            return None, f"body.messages[{k}].content must be a string or text parts"
-        out.append({"role": m["role"], "content": content})
+            return None, f"body.messages[{k}].content must be a string or text/image_url parts"
+        out.append({"role": m["role"], "content": content, "images": images or None})
     return out, None
+
+
+def _parts(parts: list, k: int) -> tuple[str, list[str], str | None]:
+    """Text parts joined; image_url parts as their URLs (the images go in front of the text, as vLLM's
+    chat path places them for templates that take strings)."""
+    texts, images = [], []
+    for p in parts:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            texts.append(str(p.get("text", "")))
+        elif kind == "image_url":
+            ref = p.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str) or not url:
+                return "", [], f"body.messages[{k}] has an image_url part without a url"
+            images.append(url)
+        else:
+            return "", [], f"body.messages[{k}] has a {kind!r} content part; only text and image_url are supported"
+    return "".join(texts), images, None
 
 
 def _typed(name: str, value: Any) -> tuple[Any, str | None]:

@@ -100,12 +100,12 @@ class Runner:
             prep.observer.finish(summary)
             return summary
 
-        engine = self._start_engine()
+        engine = self._start_engine(prep.engine_spec)
         summary.engine_version, summary.device = engine.info.version, engine.info.device
         summary.engine_start_seconds = engine.info.start_seconds
         source = self._unit_source(prep)
-        feeder = Feeder(spec, source, prep.ledger.done_mask, Renderer(spec, prep.tokenizer, engine.max_prompt_tokens),
-                        spec.input_columns(), prep.input)
+        renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens, image_placeholder=prep.image_placeholder)
+        feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
         # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
@@ -222,7 +222,7 @@ class Runner:
         f.since_checkpoint, f.last_checkpoint = 0, time.monotonic()
 
     # -- engine start --------------------------------------------------------------------------
-    def _start_engine(self) -> Engine:
+    def _start_engine(self, spec: JobSpec) -> Engine:
         """The engine. A SIGTERM/SIGINT while it starts (minutes on a GPU: compilation, CUDA graphs) ends
         the process at once with exit 75: no row is in flight and no unit is claimed yet, so there is
         nothing to finish or commit. (Exiting from the handler is deliberate: vLLM waits for its engine
@@ -237,7 +237,7 @@ class Runner:
 
         with signals.handling(stop_now):
             self.lock.watch()  # the engine's processes die with this one, even by SIGKILL
-            return self.opts.engine_factory(self.spec)
+            return self.opts.engine_factory(spec)
 
     # -- after ---------------------------------------------------------------------------------
     @staticmethod
