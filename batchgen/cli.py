@@ -140,8 +140,8 @@ def plan(
     """Print which worker (rank) does which work units: deterministic, no coordinator."""
     from batchgen.io.shards import InputFiles
     from batchgen.io.store import Store
-    from batchgen.work.manifest import planned
     from batchgen.work.ranks import assign
+    from batchgen.work.resume import resume
 
     try:
         spec = load_job(job, None, sets)
@@ -150,7 +150,8 @@ def plan(
             store: Store | None = Store.open(spec.output.path, spec.output.storage)
         except BatchgenError:
             store = None
-        plan, source = planned(spec, files.layouts(files.discover()), store)
+        found = resume(spec, files, store, strict=False)
+        plan, source = found.plan, found.plan_source
         units = plan.units
         shares = {r: assign(units, r, world_size) for r in range(world_size)}
     except BatchgenError as e:

@@ -10,9 +10,13 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchgen.errors import SpecError
 from batchgen.job.spec import JobSpec
 
 META_KEY = b"batchgen"
+# Columns batchgen writes into every part (besides the id): a passthrough column may not take their names.
+OUTPUT_COLUMNS = ("text", "finish_reason", "completions", "prompt_tokens", "output_tokens", "cached_tokens", "seed",
+                  "error", "row_index")
 
 COMPLETION = pa.struct([("text", pa.string()), ("finish_reason", pa.string()), ("output_tokens", pa.int32())])
 
@@ -34,11 +38,19 @@ def output_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
         pa.field("error", pa.string()),
         pa.field("row_index", pa.int64()),
     ]
-    taken = {f.name for f in fields}
-    for col in spec.output.passthrough_columns:
-        if col not in taken:
-            fields.append(input_schema.field(col))
-    return pa.schema(fields)
+    check_passthrough(spec)
+    return pa.schema(fields + [input_schema.field(col) for col in spec.output.passthrough_columns])
+
+
+def check_passthrough(spec: JobSpec) -> None:
+    """A passthrough column named like an output column would be dropped or clash: refuse it, naming it."""
+    clash = [c for c in spec.output.passthrough_columns if c in OUTPUT_COLUMNS or c == spec.input.id_column]
+    if clash:
+        raise SpecError(
+            f"passthrough column(s) {', '.join(map(repr, clash))} have the name of an output column "
+            f"(the output has {spec.input.id_column!r}, {', '.join(OUTPUT_COLUMNS)})", where="output.passthrough_columns",
+            fix="rename the input column(s) (e.g. polars .rename({'text': 'source_text'})); the id column is always "
+                "in the output, so it needs no passthrough")
 
 
 @dataclass

@@ -175,6 +175,7 @@ class RuntimeSpec(Strict):
     cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
+    on_duplicate_ids: Literal["error", "warn"] = Field("error", description="Ids that repeat across the job's shards make the join back by id ambiguous (rows are resumed by position, so none is lost): `error` stops the run before the engine starts, naming the ids and where they are; `warn` logs the same and goes on. Checked once per input (the result is recorded in _batchgen/job.json).")
     metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
     metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
 

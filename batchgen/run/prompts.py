@@ -90,6 +90,9 @@ class Renderer:
             nulls = [c for c, v in values.items() if v is None]
             if nulls:
                 return "", f"template column(s) {', '.join(nulls)} null in this row"
+            nested = [c for c, v in values.items() if isinstance(v, (list, tuple, dict, bytes, bytearray))]
+            if nested:  # formatting would paste Python's repr of the value into the prompt
+                return "", f"template column {nested[0]!r} holds {type(values[nested[0]]).__name__}, not text"
             text = p.template.format(**values)
         if p.use_chat:
             messages = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": text}]

@@ -44,12 +44,15 @@ STATS_SCHEMA = pa.schema([
     ("rows", pa.int64()), ("errors", pa.int64()), ("prompt_tokens", pa.int64()), ("cached_tokens", pa.int64()),
     ("output_tokens", pa.int64()), ("cache_hit_rate", pa.float64()), ("span_seconds", pa.float64()),
     ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()),
+    ("job", pa.string()),  # the manifest's job that wrote the part (null in stats written before jobs were recorded)
 ])
 
 
-def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span: float, upload: float, backlog: int) -> bytes:
+def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span: float, upload: float, backlog: int,
+                     job: str | None = None) -> bytes:
     row = {"unit": unit, "seq": seq, "worker": worker, "committed_at": time.time(), **asdict(counters),
-           "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog}
+           "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog,
+           "job": job}
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([row], schema=STATS_SCHEMA), buf)
     return buf.getvalue()
