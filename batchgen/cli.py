@@ -150,7 +150,7 @@ def plan(
             store: Store | None = Store.open(spec.output.path, spec.output.storage)
         except BatchgenError:
             store = None
-        found = resume(spec, files, store, strict=False)
+        found = resume(spec, files, store, strict=False, schemas=False)
         plan, source = found.plan, found.plan_source
         units = plan.units
         shares = {r: assign(units, r, world_size) for r in range(world_size)}

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from batchgen.io.reader import ROW_INDEX, read_unit
-from batchgen.io.shards import InputFiles, ShardLayout, Unit
+from batchgen.io.shards import InputFiles, ShardLayout, Unit, common_root
 
 SCAN_BATCH_ROWS = 65_536  # the id column alone: large batches keep the per-batch cost out of the way
 EXAMPLES = 50  # duplicated ids whose places are kept (all of them are counted)
@@ -27,7 +27,8 @@ EXAMPLES = 50  # duplicated ids whose places are kept (all of them are counted)
 class DuplicateIds:
     ids: int = 0  # distinct ids that appear more than once
     rows: int = 0  # rows holding such an id
-    examples: list[tuple[Any, list[tuple[str, int]]]] = field(default_factory=list)  # id -> [(shard file, row)]
+    examples: list[tuple[Any, list[tuple[str, int]]]] = field(default_factory=list)  # id -> [(shard, row)]; shard
+    # paths relative to the shards' common folder
 
     def __bool__(self) -> bool:
         return self.ids > 0
@@ -80,7 +81,9 @@ def _places(source: InputFiles, units: Sequence[Unit], id_column: str, suspects:
     """Second pass: which ids hash to a suspect (a collision is not a duplicate), and where they are."""
     seen: dict[Any, int] = {}
     where: dict[Any, list[tuple[str, int]]] = {}
+    root = common_root(sorted({u.shard for u in units}))
     for unit, batch in _ids_by_unit(source, units, id_column):
+        name = posixpath.relpath(unit.shard, root) if root else unit.shard
         series = pl.Series(batch.column(id_column))
         hit = np.isin(series.hash(seed=0).to_numpy(), suspects) & ~series.is_null().to_numpy()
         rows = batch.column(ROW_INDEX).to_numpy()
@@ -88,7 +91,7 @@ def _places(source: InputFiles, units: Sequence[Unit], id_column: str, suspects:
             value = series[int(k)]
             seen[value] = seen.get(value, 0) + 1
             if value in where or len(where) < EXAMPLES * 4:
-                where.setdefault(value, []).append((posixpath.basename(unit.shard), int(rows[k])))
+                where.setdefault(value, []).append((name, int(rows[k])))
     dup = {v: n for v, n in seen.items() if n > 1}
     examples = sorted((v, p) for v, p in where.items() if v in dup)[:EXAMPLES]
     return DuplicateIds(ids=len(dup), rows=sum(dup.values()), examples=examples)

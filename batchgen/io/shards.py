@@ -190,7 +190,10 @@ class InputFiles:
             return meta
 
     def _identity(self, shard: str, f: Any, rows: int, digest: str) -> ShardIdentity:
-        info = getattr(f, "details", None) or self.fs.info(shard)  # s3fs: the HEAD made when opening
+        try:  # a fresh HEAD on object stores: a listing's cached entry has no version id
+            info = self.fs.info(shard, refresh=True)
+        except TypeError:  # a file system without `refresh`
+            info = getattr(f, "details", None) or self.fs.info(shard)
         return ShardIdentity(url=self.fs.unstrip_protocol(shard), size=info.get("size"), rows=rows, footer=digest,
                              etag=(info.get("ETag") or "").strip('"') or None, version_id=info.get("VersionId") or None)
 

@@ -147,6 +147,8 @@ def summary_lines(st: JobStatus) -> list[str]:
     out_tokens = sum(w.output_tokens for w in st.workers)
     of_total = f" of {st.rows_total:,}" if st.rows_total is not None else ""
     wall = (st.last_commit - st.started) if st.started is not None and st.last_commit is not None else 0.0
+    jobs = [f"  job {j.id}: {j.rows:,}" + (f"/{j.rows_total:,}" if j.rows_total is not None else "") + " rows"
+            + (" (forced)" if j.forced else "") + (", complete" if j.complete else "") for j in st.jobs] if len(st.jobs) > 1 else []
     return [
         f"job {st.job}: {'complete' if st.complete else 'incomplete'}; {st.rows:,}{of_total} rows committed, "
         f"{st.errors:,} error rows ({st.errors / st.rows:.2%} of rows)" if st.rows else f"job {st.job}: no rows committed yet",
@@ -155,7 +157,7 @@ def summary_lines(st: JobStatus) -> list[str]:
         f"throughput {st.rows_per_second:,.2f} rows/s, {out_tokens / wall if wall else 0:,.1f} output tok/s over {wall:,.0f}s",
         f"tokens prompt {total_prompt:,}, cached {cached:,} (prefix-cache hit rate {cached / total_prompt if total_prompt else 0:.1%}), "
         f"output {out_tokens:,}",
-    ]
+    ] + ([f"{len(st.jobs)} jobs wrote into this folder (--force); rows by job:"] + jobs if jobs else [])
 
 
 def render_html(st: JobStatus, png: bytes, series: list[Series]) -> str:
@@ -165,6 +167,8 @@ def render_html(st: JobStatus, png: bytes, series: list[Series]) -> str:
     units = [[u.unit, f"{u.rows:,}" + (f"/{u.rows_total:,}" if u.rows_total is not None else ""), f"{u.errors:,}",
               u.parts, u.state, ", ".join(u.workers)] for u in st.units[:500]]
     names = "".join(f"<li>{esc(p)}: {', '.join(esc(s.worker) for s in series) or 'no data'}</li>" for p in PANELS)
+    jobs = [[j.id, f"{j.rows:,}" + (f"/{j.rows_total:,}" if j.rows_total is not None else ""), "forced" if j.forced else "first run",
+             "yes" if j.complete else "no", "; ".join(j.changes)[:300]] for j in st.jobs]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>batchgen report: {esc(st.job)}</title>
 <style>
@@ -178,6 +182,7 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 <p>{"<br>".join(esc(line) for line in summary_lines(st))}<br>output: {esc(st.output)}</p>
 <img alt="batchgen charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Series</h2><ul class="series">{names}</ul>
+<h2>Jobs</h2>{_table(["job", "rows", "how", "complete", "changes"], jobs)}
 <h2>Workers</h2>{_table(["worker", "rows", "errors", "parts", "rows/s", "out tok/s", "cache hit", "state"], workers)}
 <h2>Work units</h2>{_table(["unit", "rows", "errors", "parts", "state", "workers"], units)}
 </body></html>

@@ -139,7 +139,7 @@ def load_status(spec: JobSpec, now: float | None = None) -> tuple[JobStatus, Out
     notes: list[str] = []
     this: str | None = None
     try:
-        job = resume(spec, InputFiles.open(spec.input), store, strict=False)
+        job = resume(spec, InputFiles.open(spec.input), store, strict=False, schemas=False)
         units: list[Unit] | None = job.plan.units
         this = job.job.id if job.refused is None else None
         if job.refused is not None and state.manifest is not None:

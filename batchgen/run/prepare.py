@@ -9,11 +9,12 @@ nothing written but the manifest of a first run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.errors import InputError
+from batchgen.errors import InputError, OutputError
 from batchgen.io.idscan import DuplicateIds, find_duplicates, whole_shards
 from batchgen.io.parts import check_passthrough, output_schema
 from batchgen.io.shards import InputFiles, Unit
@@ -51,6 +52,9 @@ class Prepared:
 def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
     source = InputFiles.open(spec.input)
     store = Store.open(spec.output.path, spec.output.storage)
+    if store.is_local and os.path.isfile(store.root):
+        raise OutputError("output.path is a file, not a folder", where=store.url,
+                          fix="point output.path at a folder (it is created if missing), e.g. beside this file")
     check_passthrough(spec)
     job = resume(spec, source, store, force=force)
     job.check_not_empty()
