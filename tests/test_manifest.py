@@ -73,7 +73,7 @@ def test_other_folder_with_the_same_shard_names_is_refused(done):
     tmp, job = done
     write_shards(tmp / "other", shards=2, rows=257)
     text = refused({**job, "input": {"path": str(tmp / "other")}})
-    assert "holds results of other input under the same shard names" in text
+    assert "the input is not the one this output was generated from" in text
     assert "shard-0.parquet: rows 10 -> 257; size" in text and "shard-1.parquet: rows 10 -> 257" in text
     assert "--force" in text
     # `validate` says the same (it said "no problems found").

@@ -34,7 +34,7 @@ log = logging.getLogger("batchgen")
 
 VERSION = 2
 CONFLICT = "the output folder holds results of a job with different settings"
-INPUT_CONFLICT = "the output folder holds results of other input under the same shard names"
+INPUT_CONFLICT = "the input is not the one this output was generated from (committed rows are matched by shard and row)"
 CONFLICT_FIX = ("use another output.path, or `batchgen run --force` to go on anyway (the rows of both jobs will be "
                 "mixed; the manifest keeps both, and status says which rows each wrote)")
 

@@ -80,7 +80,9 @@ def resume(spec: JobSpec, source: InputFiles, store: Store | None, *, force: boo
     compare(sel, source, target.input if target else None)
     plan = plan_job(spec.input, layouts, manifest.plan if manifest else None, root=sel.root)
     where = store.where(MANIFEST) if store is not None else MANIFEST
-    refused = refusal(settings_diff(manifest, spec), sel.refusals(), where)
+    settings, inputs = settings_diff(manifest, spec), sel.refusals()
+    changes = (settings or []) + inputs
+    refused = refusal(settings, inputs, where)
     if manifest is None:
         job = new_job(spec, sel.record(source, shards))
         asked = "input.unit_rows" if spec.input.unit_rows is not None else "automatic: about 1/128 of the input's rows"
@@ -89,17 +91,17 @@ def resume(spec: JobSpec, source: InputFiles, store: Store | None, *, force: boo
     r = Resume(manifest, target, sel, layouts, schema, plan, refused,
                "recorded in _batchgen/job.json by the job's first run", False)
     if force and (refused is not None or sel.added):
-        _fork(r, spec, source, shards)
+        _fork(r, spec, source, shards, changes)
     else:
         _resume_target(r, source, shards, strict)
     return r
 
 
-def _fork(r: Resume, spec: JobSpec, source: InputFiles, shards: list[str]) -> None:
-    """--force with other settings or input: a job of its own in the history (the earlier ones stay)."""
-    changes = r.refused.message.splitlines() if r.refused else []
-    changes += [f"{posixpath.basename(s)}: added to input.path" for s in r.selection.added]
-    job = new_job(spec, r.selection.record(source, shards), forced=True, changes=[c.strip() for c in changes if c.strip()])
+def _fork(r: Resume, spec: JobSpec, source: InputFiles, shards: list[str], changes: list[str]) -> None:
+    """--force with other settings or input: a job of its own in the history (the earlier ones stay).
+    `changes`: what differs from the job it was compared with, one line each (kept in its record)."""
+    changes = changes + [f"{r.selection.name(s)}: added to input.path" for s in r.selection.added]
+    job = new_job(spec, r.selection.record(source, shards), forced=True, changes=changes)
     known = r.manifest.job(job.id)
     if known is None:
         r.manifest.jobs.append(job)
