@@ -76,7 +76,7 @@ def run(
     frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", rich_help_panel=_SAMPLING, help="-2..2."),
     seed: Optional[int] = typer.Option(None, "--seed", rich_help_panel=_SAMPLING, help="Job seed (each row's seed derives from it and the row id)."),
     sets: Optional[list[str]] = SET,
-    force: bool = typer.Option(False, "--force", help="Resume even if the output was written with settings that change results."),
+    force: bool = typer.Option(False, "--force", help="Go on even if the output was written with settings that change results, or from other input (the manifest keeps both jobs)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="This worker's rank (default: from SLURM / k8s variables, else 0).", rich_help_panel=_SCALE),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
