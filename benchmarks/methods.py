@@ -104,7 +104,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _raw_command(m: Method, setup: Setup, folder: Path) -> list[str]:
     cfg = {"model": str(setup.model), "prompts": str(setup.prompts), "engine": setup.engine,
-           "max_tokens": setup.workload.output_tokens, "temperature": setup.temperature, "chunk": m.chunk}
+           "max_tokens": setup.workload.output_tokens, "temperature": setup.temperature, "chunk": m.chunk,
+           "sampling": setup.workload.sampling}
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     return [sys.executable, "-m", "benchmarks.raw", str(folder / "config.json"), str(folder / "result.json")]
 
@@ -122,7 +123,9 @@ def batchgen_job(m: Method, setup: Setup, out: Path) -> dict:
         "input": {"path": str(setup.prompts)},
         "prompt": {"column": "prompt"},
         "model": {"path": str(setup.model), **setup.engine},
-        "sampling": {"temperature": setup.temperature, "max_tokens": setup.workload.output_tokens, "ignore_eos": True},
+        # Structured workloads end where their grammar does (ignore_eos would let text run on past it).
+        "sampling": {"temperature": setup.temperature, "max_tokens": setup.workload.output_tokens,
+                     "ignore_eos": not setup.workload.sampling, **setup.workload.sampling},
         "output": {"path": str(out)},
         "checkpoint": commit,
         "runtime": {"progress": "lines", "progress_seconds": 10},

@@ -25,7 +25,8 @@ def run(cfg: dict) -> dict:
     llm = LLM(model=cfg["model"], seed=0, **cfg["engine"])
     engine_start = time.monotonic() - t0
     prompts = pq.read_table(cfg["prompts"], columns=["prompt"]).column(0).to_pylist()
-    params = SamplingParams(max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], ignore_eos=True)
+    params = SamplingParams(max_tokens=cfg["max_tokens"], temperature=cfg["temperature"],
+                            ignore_eos=not cfg.get("sampling"), **structured_options(cfg.get("sampling") or {}, llm))
     chunk = cfg["chunk"] or len(prompts)
     outputs = []
     t1 = time.monotonic()
@@ -46,6 +47,24 @@ def run(cfg: dict) -> dict:
         "max_num_seqs": sched.max_num_seqs,
         "max_num_batched_tokens": sched.max_num_batched_tokens,
     }
+
+
+def structured_options(sampling: dict, llm) -> dict:
+    """The SamplingParams a user writes by hand for a structured workload (job `sampling` keys, as batchgen's):
+    a choice or JSON schema, and for label scores the logprobs of the tokens that begin each choice."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    st = sampling.get("structured")
+    if not st:
+        return {}
+    kind, value = next(iter(st.items()))
+    out = {"structured_outputs": StructuredOutputsParams(**{"json" if kind == "json_schema" else kind: value})}
+    if sampling.get("choice_scores"):  # the same token ids batchgen asks for (computed before the timed loop)
+        from batchgen.engine.choices import ChoiceTokens
+
+        vocab = llm.llm_engine.vllm_config.model_config.get_vocab_size()
+        out["logprob_token_ids"] = ChoiceTokens.for_tokenizer(llm.get_tokenizer(), vocab).ids(value)
+    return out
 
 
 def _device() -> str:

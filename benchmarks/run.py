@@ -77,8 +77,15 @@ def prepare(args: argparse.Namespace, name: str) -> Setup:
 
         tiny_from = ensure_tiny_model(ROOT / ".cache" / "models")
     wl = select(name, rows=args.rows, tiny_from=tiny_from)
-    model = write_model_folder(wl.shape, args.work / "models" / wl.shape.name)
-    prompts = write_prompts(wl, args.work / "data" / f"{wl.name}-{wl.shape.name}-{wl.rows}.parquet")
+    data = args.work / "data" / f"{wl.name}-{wl.shape.name}-{wl.rows}.parquet"
+    if wl.tokenizer == "bpe":  # structured workloads: a tokenizer that can write JSON (benchmarks/structured_bench.py)
+        from benchmarks.structured_bench import write_bpe_model_folder, write_bpe_prompts
+
+        model = write_bpe_model_folder(wl.shape, args.work / "models" / f"{wl.shape.name}-bpe")
+        prompts = write_bpe_prompts(wl, model, data)
+    else:
+        model = write_model_folder(wl.shape, args.work / "models" / wl.shape.name)
+        prompts = write_prompts(wl, data)
     return Setup(workload=wl, model=model, prompts=prompts, work=args.work / "runs", engine=engine_options(args, wl),
                  temperature=args.temperature, batchgen_sets=list(args.sets))
 

@@ -22,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The engine core in-process: starts in ~3 s instead of ~20 s. Tests of the default (multiprocess)
 # mode set it back to 1 for their subprocess.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# Worker locks and engine process records of the runs the tests start: in the checkout, not in ~/.cache.
+os.environ.setdefault("BATCHGEN_STATE_DIR", str(ROOT / ".cache" / "state"))
 
 # Words for prompts with shared prefixes (so the prefix cache has something to hit).
 WORDS = "river mill garden bread rain sea road winter bee lantern stone field".split()
@@ -119,5 +121,24 @@ def vllm_engine(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine")
     spec = validate(job_dict(tiny_model, tmp / "in", tmp / "out"))
     engine = VllmEngine(spec)
+    yield SharedEngine(engine)
+    engine.close()
+
+
+# Compact JSON (no free whitespace between tokens): a random-weight model given JSON's free whitespace
+# fills it until max_tokens. A grammar setting of the engine, so JSON-schema tests get an engine of their own.
+COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
+
+
+@pytest.fixture(scope="session")
+def json_engine(tiny_model, tmp_path_factory):
+    """A second real CPU engine on the tiny model, with model.engine_kwargs = COMPACT_JSON (started once)."""
+    from batchgen.engine.vllm import VllmEngine
+    from batchgen.job.load import validate
+
+    tmp = tmp_path_factory.mktemp("json-engine")
+    job = job_dict(tiny_model, tmp / "in", tmp / "out")
+    job["model"]["engine_kwargs"] = COMPACT_JSON
+    engine = VllmEngine(validate(job))
     yield SharedEngine(engine)
     engine.close()

@@ -24,6 +24,7 @@ from batchgen.errors import EXIT_INTERRUPTED
 from batchgen.job.load import validate
 from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import ROOT, job_dict, write_job, write_shards
+from tests.outputs import assert_each_id_once_as_users_read, temp_files
 
 pytestmark = pytest.mark.engine
 PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
@@ -32,9 +33,9 @@ PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
 class Run:
     """`batchgen run` in a subprocess, its stderr collected as it comes."""
 
-    def __init__(self, job: Path, multiprocess_engine: bool = False):
+    def __init__(self, job: Path, multiprocess_engine: bool = False, args: tuple[str, ...] = ()):
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess_engine else "0"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
@@ -64,8 +65,7 @@ def committed(out: Path) -> list[dict]:
 
 
 def part_files(out: Path) -> list[Path]:
-    """Committed parts; a killed writer may leave a hidden .tmp-* file, which readers skip."""
-    return sorted(p for p in (out / "parts").glob("*.parquet") if not p.name.startswith("."))
+    return sorted((out / "parts").glob("*.parquet"))
 
 
 def n_parts(out: Path) -> int:
@@ -73,9 +73,12 @@ def n_parts(out: Path) -> int:
 
 
 def assert_no_duplicates(out: Path) -> list[dict]:
+    """No id twice, through pyarrow here and through the readers users use (nothing else in parts/ or stats/)."""
     rows = committed(out)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an id was committed twice"
+    assert temp_files(out) == []
+    assert assert_each_id_once_as_users_read(out) == len(rows)
     return rows
 
 
@@ -191,3 +194,49 @@ def test_changed_settings_refuse_resume_without_force(vllm_engine, tiny_model, t
     write_job(job, {**base, "checkpoint": {"every_rows": 3}, "runtime": {"window": 2}})
     res = run_cli("run", str(job))
     assert res.returncode == 0, res.stderr
+
+
+def test_structured_logprobs_job_killed_and_resumed_exactly_once(tiny_model, tmp_path):
+    """A JSON-schema job with logprobs, SIGKILLed after a commit and again mid-part, then resumed: every id
+    once, and texts, parsed JSON, errors and logprobs as an uninterrupted run's."""
+    from tests.conftest import COMPACT_JSON
+    from tests.test_structured import QA
+
+    ids = write_shards(tmp_path / "in", shards=2, rows=40, row_group=20)
+    out = tmp_path / "out"
+    base = job_dict(tiny_model, tmp_path / "in", out, runtime={"window": 4, "progress": "lines", "progress_seconds": 0.2},
+                    sampling={"temperature": 0, "max_tokens": 40, "structured": {"json_schema": QA}, "logprobs": 2},
+                    checkpoint={"every_rows": 12})
+    base["model"].update(dtype="float32", engine_kwargs=COMPACT_JSON)  # float32: see test_kill_and_resume_exactly_once
+    job = tmp_path / "job.yaml"
+    columns = ["id", "text", "parsed", "error", "logprobs", "cumulative_logprob"]
+
+    def rows(folder: Path) -> dict[str, dict]:
+        got = pa.concat_tables(pq.read_table(f, columns=columns) for f in part_files(folder)).to_pylist()
+        assert len(got) == len({r["id"] for r in got}), "an id was committed twice"
+        return {r["id"]: r for r in got}
+
+    write_job(job, {**base, "output": {"path": str(tmp_path / "ref")}})
+    ref = Run(job)
+    assert ref.proc.wait(timeout=300) == 0, "".join(ref.lines[-30:])
+    reference = rows(tmp_path / "ref")
+    assert sorted(reference) == sorted(ids) and sum(r["parsed"] is not None for r in reference.values()) >= 10
+
+    write_job(job, base)
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) >= 1)
+    run.kill(signal.SIGKILL)
+    first = len(rows(out))
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) > 1 and run.rows_done() >= len(rows(out)) - first + 5)
+    run.kill(signal.SIGKILL)
+    assert first < len(rows(out)) < len(ids)
+    run = Run(job)
+    assert run.proc.wait(timeout=300) == 0, "".join(run.lines[-30:])
+    final = rows(out)
+    assert sorted(final) == sorted(ids)
+    for rid, r in final.items():
+        want = reference[rid]
+        assert (r["text"], r["parsed"], r["error"]) == (want["text"], want["parsed"], want["error"]), rid
+        assert [t["token_id"] for t in r["logprobs"]] == [t["token_id"] for t in want["logprobs"]]
+        assert [t["logprob"] for t in r["logprobs"]] == pytest.approx([t["logprob"] for t in want["logprobs"]], abs=1e-4)

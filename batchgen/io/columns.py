@@ -1,59 +1,58 @@
-"""Which input column types a job can use, and one schema for a job's shards.
+"""The optional output columns (structured outputs, logprobs, scores): their Arrow types and which settings add them.
 
-Ids are text or integers: they key exactly-once resume and the user's join back, so they must
-compare the same in every shard and print as themselves. Bytes (maybe not UTF-8), floats (1.0 vs 1),
-nulls and nested values are refused before the engine starts. Other columns may differ in width or
-nullability between shards (int32 here, int64 there; string and large_string), never in kind.
+Off by default: a job gets a column only when it asks for what fills it (schemas/output.md lists them).
+Per-completion fields sit at the top level for the first completion, and in the `completions` structs
+when a row has several.
 """
 
 from __future__ import annotations
 
-import posixpath
-from typing import Mapping, Sequence
-
 import pyarrow as pa
 
-from batchgen.errors import InputError
+from batchgen.job.spec import JobSpec
+
+TOP_LOGPROB = pa.struct([("token", pa.string()), ("token_id", pa.int32()), ("logprob", pa.float32())])
+# One token: the token itself (its logprob and its rank in the whole vocabulary, 1 = most likely) and the
+# K most likely tokens at its position. vLLM computes logprobs in float32, so float32 keeps them exactly.
+TOKEN_LOGPROB = pa.struct([("token", pa.string()), ("token_id", pa.int32()), ("logprob", pa.float32()),
+                           ("rank", pa.int32()), ("top_logprobs", pa.list_(TOP_LOGPROB))])
+LOGPROBS = pa.list_(TOKEN_LOGPROB)
 
 
-def id_type_ok(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+def _structured_kinds(spec: JobSpec) -> set[str]:
+    """The constraint kinds a row of this job may run with (the job's, and those per-row columns set)."""
+    s = spec.sampling
+    kinds = {s.structured.kind} if s.structured else set()
+    kinds |= {"json_schema" for f in ("structured_schema", "json_object") if f in s.per_row}
+    return kinds | ({"choice"} if "choices" in s.per_row else set())
 
 
-def check_id_type(field: pa.Field, shard: str) -> None:
-    """Refuse an id column that is not text or integers."""
-    t = field.type
-    if id_type_ok(t):
-        return
-    if pa.types.is_null(t):
-        why, fix = "holds only nulls (Arrow type null)", "fill the ids, or point input.id_column at the column that has them"
-    elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        why, fix = (f"holds bytes ({t}), not text", "cast it to text (polars: pl.col(c).cast(pl.Utf8) for UTF-8 bytes, "
-                    "or .bin.encode('hex')), or use another id column")
-    else:
-        why, fix = f"has type {t}", "cast it to text or integers (floats, dates and nested values do not key rows reliably)"
-    raise InputError(f"id column {field.name!r} {why}: ids must be text or integers", where=shard, fix=fix)
+def completion_fields(spec: JobSpec) -> list[pa.Field]:
+    """Fields of each completion beyond text, finish_reason and output_tokens."""
+    s, kinds = spec.sampling, _structured_kinds(spec)
+    out = []
+    if "choice" in kinds:
+        out.append(pa.field("label", pa.string()))
+    if kinds & {"json_schema", "json_object"}:
+        out.append(pa.field("parsed", pa.string()))
+    if s.logprobs is not None or "logprobs" in s.per_row:
+        out += [pa.field("logprobs", LOGPROBS), pa.field("cumulative_logprob", pa.float64())]
+    return out
 
 
-def common_schema(schemas: Mapping[str, pa.Schema], needed: Sequence[str], id_column: str) -> pa.Schema:
-    """One schema for the `needed` columns of every shard (widest type of each); a column whose kind differs
-    between shards is an InputError naming the column and two shards that disagree."""
-    fields: dict[str, tuple[pa.Field, str]] = {}  # column -> (its unified field so far, the first shard)
-    for shard, schema in schemas.items():
-        for col in needed:
-            f = schema.field(col)
-            if col not in fields:
-                fields[col] = (f, shard)
-                continue
-            seen, first = fields[col]
-            try:
-                merged = pa.unify_schemas([pa.schema([seen]), pa.schema([f])], promote_options="permissive").field(col)
-            except (pa.ArrowTypeError, pa.ArrowInvalid):
-                merged = None
-            if merged is None or (col == id_column and not id_type_ok(merged.type)):
-                raise InputError(
-                    f"column {col!r} is {f.type} here but {seen.type} in {posixpath.basename(first)}",
-                    where=shard, fix=f"write {col!r} with one type in every shard (cast it, e.g. with polars .cast), "
-                                     "or leave the odd shard out of input.path")
-            fields[col] = (merged, first)
-    return pa.schema([fields[c][0] for c in needed if c in fields])
+def row_fields(spec: JobSpec) -> list[pa.Field]:
+    """Per-row fields beyond the completions: label scores, prompt logprobs, scoring-mode sums."""
+    out = []
+    if spec.sampling.choice_scores:
+        out.append(pa.field("label_scores", pa.map_(pa.string(), pa.float64())))
+    if spec.sampling.prompt_logprobs is not None:
+        out.append(pa.field("prompt_logprobs", LOGPROBS))
+    if spec.prompt.score_column:
+        out += [pa.field("score_tokens", pa.int32()), pa.field("logprob_sum", pa.float64()),
+                pa.field("logprob_mean", pa.float64()), pa.field("perplexity", pa.float64())]
+    return out
+
+
+# Every optional column's name: a passthrough column of the same name is not copied over it.
+OPTIONAL = frozenset({"label", "parsed", "logprobs", "cumulative_logprob", "label_scores", "prompt_logprobs",
+                      "score_tokens", "logprob_sum", "logprob_mean", "perplexity"})

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.errors import SpecError
+from batchgen.io import columns
 from batchgen.job.spec import JobSpec
 
 META_KEY = b"batchgen"
-# Columns batchgen writes into every part (besides the id): a passthrough column may not take their names.
+# Columns batchgen writes into every part (besides the id and the optional ones of io.columns).
 OUTPUT_COLUMNS = ("text", "finish_reason", "completions", "prompt_tokens", "output_tokens", "cached_tokens", "seed",
                   "error", "row_index")
 
@@ -28,9 +29,10 @@ def output_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
         pa.field("text", pa.string()),
         pa.field("finish_reason", pa.string()),
     ]
+    extra = columns.completion_fields(spec)
     if spec.sampling.n > 1 or "n" in spec.sampling.per_row:
-        fields.append(pa.field("completions", pa.list_(COMPLETION)))
-    fields += [
+        fields.append(pa.field("completions", pa.list_(pa.struct(list(COMPLETION) + extra))))
+    fields += extra + columns.row_fields(spec) + [
         pa.field("prompt_tokens", pa.int32()),
         pa.field("output_tokens", pa.int32()),
         pa.field("cached_tokens", pa.int32()),
@@ -43,12 +45,14 @@ def output_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
 
 
 def check_passthrough(spec: JobSpec) -> None:
-    """A passthrough column named like an output column would be dropped or clash: refuse it, naming it."""
-    clash = [c for c in spec.output.passthrough_columns if c in OUTPUT_COLUMNS or c == spec.input.id_column]
+    """A passthrough column named like a column this job writes would be dropped or clash: refuse it, naming it.
+    (An optional column's name, e.g. `label`, is free while the job does not write that column.)"""
+    names = [spec.input.id_column, *OUTPUT_COLUMNS, *(f.name for f in columns.completion_fields(spec) + columns.row_fields(spec))]
+    clash = [c for c in spec.output.passthrough_columns if c in names]
     if clash:
         raise SpecError(
             f"passthrough column(s) {', '.join(map(repr, clash))} have the name of an output column "
-            f"(the output has {spec.input.id_column!r}, {', '.join(OUTPUT_COLUMNS)})", where="output.passthrough_columns",
+            f"(the output has {', '.join(map(repr, names))})", where="output.passthrough_columns",
             fix="rename the input column(s) (e.g. polars .rename({'text': 'source_text'})); the id column is always "
                 "in the output, so it needs no passthrough")
 
@@ -67,17 +71,22 @@ class OutputRow:
     cached_tokens: int = 0
     error: str | None = None
     passthrough: dict[str, Any] = field(default_factory=dict)
+    invalid_json: bool = False  # generated, but the JSON failed its check (the reason is in `error`)
+    completion_extras: list[dict[str, Any]] = field(default_factory=list)  # per completion: label, parsed, logprobs, ...
+    extras: dict[str, Any] = field(default_factory=dict)  # per row: label_scores, prompt_logprobs, scores (io.columns)
 
 
 def build_table(schema: pa.Schema, id_column: str, rows: Sequence[OutputRow]) -> pa.Table:
     rows = sorted(rows, key=lambda r: r.row_index)  # parts read in input order; ids and content unaffected
-    ok = [r.error is None for r in rows]
+    # A row that was generated keeps its text even with an error (a JSON that failed its check).
+    ok = [bool(r.texts) for r in rows]
     cols: dict[str, list] = {
         id_column: [r.id for r in rows],
         "text": [r.texts[0] if good and r.texts else None for r, good in zip(rows, ok)],
         "finish_reason": [r.finish_reasons[0] if good and r.finish_reasons else None for r, good in zip(rows, ok)],
         "completions": [
-            [{"text": t, "finish_reason": f, "output_tokens": n} for t, f, n in zip(r.texts, r.finish_reasons, r.output_tokens)]
+            [{"text": t, "finish_reason": f, "output_tokens": n, **(r.completion_extras[k] if k < len(r.completion_extras) else {})}
+             for k, (t, f, n) in enumerate(zip(r.texts, r.finish_reasons, r.output_tokens))]
             if good else None for r, good in zip(rows, ok)
         ],
         "prompt_tokens": [r.prompt_tokens for r in rows],
@@ -87,9 +96,15 @@ def build_table(schema: pa.Schema, id_column: str, rows: Sequence[OutputRow]) ->
         "error": [r.error for r in rows],
         "row_index": [r.row_index for r in rows],
     }
+    first = [r.completion_extras[0] if r.completion_extras else {} for r in rows]
     arrays = []
     for f in schema:
-        values = cols[f.name] if f.name in cols else [r.passthrough.get(f.name) for r in rows]
+        if f.name in cols:
+            values = cols[f.name]
+        elif f.name in columns.OPTIONAL:
+            values = [c.get(f.name) if f.name in c else r.extras.get(f.name) for r, c in zip(rows, first)]
+        else:
+            values = [r.passthrough.get(f.name) for r in rows]
         arrays.append(pa.array(values, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 

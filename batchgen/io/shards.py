@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from batchgen.errors import InputError, StorageUnavailable
 from batchgen.io import openai_batch
-from batchgen.io.columns import check_id_type, common_schema
+from batchgen.io.input_schema import check_id_type, common_schema
 from batchgen.io.retry import RetryPolicy, retry_transient
 from batchgen.io.store import open_fs
 from batchgen.job.spec import InputSpec

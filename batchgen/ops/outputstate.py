@@ -2,9 +2,10 @@
 
 Read-only, and safe while workers are writing: every file read here is written whole (atomic
 rename or single PUT), so a listing shows complete files only. A part whose stats file is missing
-(the worker was killed between the two writes) is counted from the part itself, so `status` never
-under-counts committed rows. Each stats row names the manifest's job that wrote its part (`job`: the
-id of `_batchgen/job.json`'s jobs; stats of older versions have none, and then the part says).
+(the worker was killed between the two writes, and no run has repaired it yet: run.prepare) is
+counted from the part itself, so `status` never under-counts committed rows. Each stats row names the
+manifest's job that wrote its part (`job`: the id of `_batchgen/job.json`'s jobs; stats of older
+versions have none, and then the part says).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchgen.io.layout import MANIFEST, META, STATS, SUCCESS, parse_part, part_path, stats_path, summary_path, summary_worker
 from batchgen.io.parts import read_meta
 from batchgen.io.store import Store
-from batchgen.run.stats import STATS_SCHEMA
+from batchgen.run.stats import stats_from_part
 from batchgen.work.ledger import committed_parts
 from batchgen.work.manifest import Manifest
 
@@ -87,17 +87,7 @@ def _stats_rows(store: Store, unit: str, seq: int) -> list[dict[str, Any]]:
 
 
 def _stats_from_part(store: Store, unit: str, seq: int) -> dict[str, Any]:
-    """Stats rebuilt from a part (no commit time or span: those were lost with the worker)."""
-    data = store.read_bytes(part_path(unit, seq))
-    table = pq.read_table(io.BytesIO(data), columns=["prompt_tokens", "cached_tokens", "output_tokens", "error"],
-                          use_threads=False)
-    sums = {c: int(pc.sum(table.column(c)).as_py() or 0) for c in ("prompt_tokens", "cached_tokens", "output_tokens")}
-    row = {f.name: None for f in STATS_SCHEMA}
-    meta = read_meta(data)
-    row.update(unit=unit, seq=seq, worker=meta.get("worker", "?"), job=meta.get("job"), rows=table.num_rows,
-               errors=table.num_rows - table.column("error").null_count, **sums,
-               cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
-    return row
+    return stats_from_part(store.read_bytes(part_path(unit, seq)), unit, seq)
 
 
 def _json(store: Store, rel: str) -> dict[str, Any] | None:

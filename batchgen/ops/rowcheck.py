@@ -32,6 +32,10 @@ _KINDS: list[tuple[str, str, str]] = [
     (r"^invalid per-row value", "per-row", "fix the values in the per-row column, or null them to use the job value"),
     (r"^prompt has \d+ tokens", "too-long", "shorten these prompts, or raise model.max_model_len (up to the model's context length)"),
     (r"^chat template failed", "chat-template", "fix these rows' messages (roles must alternate as the template expects)"),
+    (r"^empty text to score|^nothing to score", "score-text", "fill or drop these rows: scoring needs text in prompt.score_column"),
+    (r"^unknown LoRA adapter", "lora", "use a name of model.lora in the per-row column, or null it for the job's adapter"),
+    (r"is unreadable", "image", "fix or drop these rows' images (each must be an image file: bytes, a path or a URL)"),
+    (r"image placeholder", "image-placeholder", "set prompt.image_placeholder, or put one placeholder per image in the prompt"),
 ]
 
 
@@ -79,6 +83,11 @@ def classify(error: str) -> tuple[str, str]:
     return "row", "see the message"
 
 
+def message_shape(error: str) -> str:
+    """An error message with its numbers and quoted values (ids, lengths, rows) blanked: one kind of problem."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", error)
+
+
 def scan_rows(spec: JobSpec, source: InputFiles, units: Sequence[Unit], renderer: Renderer | None,
               sample_rows: int | None) -> RowScan:
     """Render (and tokenize) the rows of `units`; hash every id. `sample_rows` caps rendering per unit.
@@ -112,8 +121,7 @@ def _note_requests(scan: RowScan, shard: str, reqs: Iterable[Any]) -> None:
             scan.longest_prompt = max(scan.longest_prompt, len(req.token_ids))
             continue
         kind, fix = classify(req.error)
-        # One issue per kind of message: numbers and quoted values (ids, lengths, rows) do not split it.
-        shape = re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", req.error)
+        shape = message_shape(req.error)  # one issue per kind of message
         issue = scan.issues.setdefault((kind, shard, shape), RowIssue(kind=kind, shard=shard, message=req.error, fix=fix))
         issue.count += 1
         tokens = re.match(r"prompt has (\d+) tokens", req.error)

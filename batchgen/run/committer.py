@@ -33,7 +33,8 @@ class PartSink:
     worker: str
     job_id: str  # the manifest's job this run writes as (its settings and input); each part records it
     settings: str  # the job's settings fingerprint (JobSpec.fingerprint)
-    on_part: Callable[[str, int, list[OutputRow]], None] | None = None  # extra files per part (OpenAI JSONL)
+    # Extra files and metrics per part (OpenAI JSONL): unit, seq, its rows, parts still queued behind it.
+    on_part: Callable[[str, int, list[OutputRow], int], None] | None = None
 
 
 class Committer:
@@ -140,6 +141,6 @@ class Committer:
         self._last = now
         self.ledger.store.put(stats_path(unit, seq), stats)
         if s.on_part:
-            s.on_part(unit, seq, fresh)
+            s.on_part(unit, seq, fresh, self.backlog)
         self.committed = self.committed.merge(counters)
         self.parts += 1

@@ -3,30 +3,35 @@ nothing written but the manifest of a first run.
 
     inputs (shards, columns, footers) and the manifest's job (settings, input identity: work.resume)
     -> the plan (recorded by the first run) -> this worker's units -> tokenizer and engine option names
-    -> duplicate ids (once per input) -> the manifest written -> what is committed already
+    -> refused changes -> duplicate ids (once per input: run.idcheck) -> the manifest written
+    -> what is committed already (and what killed runs left behind: temp files, parts without their stats row)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from batchgen.errors import InputError, OutputError
-from batchgen.io.idscan import DuplicateIds, find_duplicates, whole_shards
+from batchgen.errors import OutputError
+from batchgen.io.layout import STATS, TMP, parse_part, part_path, stats_path
+from batchgen.io.leftovers import remove_stale_temp
 from batchgen.io.parts import check_passthrough, output_schema
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
+from batchgen.models.localize import local_model
 from batchgen.run.committer import PartSink
+from batchgen.run.idcheck import check_duplicate_ids
 from batchgen.run.observers import RunObserver
-from batchgen.run.tokenizer import load_tokenizer
+from batchgen.run.stats import stats_bytes, stats_from_part
+from batchgen.run.structured import load_schema_file
+from batchgen.run.tokenizer import image_placeholder, load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import Manifest
 from batchgen.work.ranks import assign
-from batchgen.work.resume import Resume, resume
+from batchgen.work.resume import resume
 
 log = logging.getLogger("batchgen")
 
@@ -41,7 +46,9 @@ class Prepared:
     sink: PartSink
     tokenizer: Any
     observer: RunObserver  # OpenAI output files and metrics, after each commit
+    engine_spec: JobSpec  # the job with its model as local folders (copies of object-store URLs): what the engine loads
     manifest: Manifest  # the jobs that wrote into the output (this run's among them)
+    image_placeholder: str | None = None  # the model's text for one image (`<image>`), if its files name one
 
     @property
     def skipped(self) -> int:
@@ -50,6 +57,7 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
+    load_schema_file(spec)  # a json_schema path/URL becomes the schema itself (its content is fingerprinted)
     source = InputFiles.open(spec.input)
     store = Store.open(spec.output.path, spec.output.storage)
     if store.is_local and os.path.isfile(store.root):
@@ -60,46 +68,44 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
     job.check_not_empty()
     plan = job.plan
     mine = list(plan.units) if spec.runtime.elastic else assign(plan.units, rank, world_size)
-    tokenizer = load_tokenizer(spec.model)
+    model = local_model(spec.model, spec.runtime.model_cache)  # copies weights from an object store once per machine
+    tokenizer = load_tokenizer(model)
     if spec.runtime.engine == "vllm":  # option names are checked before any engine memory is taken
+        from batchgen.engine.params import check_request
         from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra
 
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
+        check_request(spec, tokenizer)  # the structured constraint compiles; logprobs fit
     job.check(force)  # other settings or changed input: refused (unless --force)
     check_duplicate_ids(spec, source, job)
     job.save(store)
+    removed = remove_stale_temp(store)
+    if removed:
+        log.info("removed %d temp file(s) that killed runs left in %s", len(removed), store.where(TMP))
     ledger = Ledger(store, mine)
     ledger.load()
+    repair_stats(store, ledger)
     total = sum(u.rows for u in mine)
     observer = RunObserver(spec, store, worker, total, total - ledger.remaining())
     sink = PartSink(schema=output_schema(spec, job.schema), id_column=spec.input.id_column,
                     compression=spec.output.compression, worker=worker, job_id=job.job.id,
                     settings=job.job.fingerprint, on_part=observer.on_part)
     return Prepared(all_units=plan.units, units=mine, input=source, store=store, ledger=ledger, sink=sink,
-                    tokenizer=tokenizer, observer=observer, manifest=job.manifest)
+                    tokenizer=tokenizer, observer=observer, engine_spec=spec.model_copy(update={"model": model}),
+                    manifest=job.manifest, image_placeholder=image_placeholder(model, tokenizer))
 
 
-def check_duplicate_ids(spec: JobSpec, source: InputFiles, job: Resume) -> None:
-    """Ids repeated across the job's shards: an error (runtime.on_duplicate_ids: error) or a warning.
-
-    Read once per input: the first run that reads these shards records the result in the manifest, so
-    resumes and the other ranks of the job (which read the manifest) skip the scan. Ranks starting a job
-    together each scan once (the id column only: seconds per 5M rows), then agree on the record."""
-    if job.job.ids is None:
-        t0 = time.monotonic()
-        dup = find_duplicates(source, whole_shards(job.layouts), spec.input.id_column)
-        log.info("ids of %d rows checked for duplicates in %.1fs", job.rows, time.monotonic() - t0)
-        job.job.ids, job.dirty = dup.as_record(), True
-    else:
-        dup = DuplicateIds.from_record(job.job.ids)
-    if not dup:
-        return
-    what = f"ids repeat across the job's shards: {dup.describe()}"
-    if spec.runtime.on_duplicate_ids == "warn":
-        log.warning("%s (runtime.on_duplicate_ids: warn: going on; every row is generated, but a join back by id "
-                    "is ambiguous)", what)
-        return
-    raise InputError(what, where=f"column {spec.input.id_column!r}",
-                     fix="make ids unique across all shards (e.g. prefix them with the shard name), or set "
-                         "runtime.on_duplicate_ids: warn to go on (rows are resumed by position, so none is lost)")
+def repair_stats(store: Store, ledger: Ledger) -> int:
+    """Write the stats row of each loaded part that has none (its worker was killed between the part and
+    its stats), derived from the part, so `status`, `report` and summaries count every committed row.
+    Create-if-absent: a live writer's own stats file, written first or later, is never replaced by ours."""
+    have = {p for p in map(parse_part, store.listdir(STATS)) if p}
+    missing = [p for p in ledger.loaded if p not in have]
+    for unit, seq in missing:
+        row = stats_from_part(store.read_bytes(part_path(unit, seq)), unit, seq)
+        store.create_exclusive(stats_path(unit, seq), stats_bytes(row))
+    if missing:
+        log.info("wrote the missing stats row of %d part(s) (a run was killed between a part and its stats): %s",
+                 len(missing), ", ".join(f"{u}.{s:06d}" for u, s in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return len(missing)

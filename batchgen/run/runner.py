@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from batchgen.engine import Engine, start_engine
@@ -33,6 +34,8 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
+from batchgen.run.structured import finish_row
+from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.completion import completion_record
 from batchgen.work.lease import LeaseBook
@@ -51,6 +54,9 @@ class RunOptions:
     engine_factory: Callable[[JobSpec], Engine] = start_engine
     # Take units one at a time under leases (an engine of a node; always on for runtime.elastic).
     claim: bool = False
+    # This host's folder for the worker's lock and its engine processes' record (run.worklock); with it,
+    # a watchdog ends the engine's processes if this one dies. None (library use): neither.
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Runner:
     def __init__(self, spec: JobSpec, opts: RunOptions | None = None):
         self.spec, self.opts = spec, opts or RunOptions()
         self.stop = signals.StopNotice(spec.runtime.grace_seconds)
+        self.lock = WorkerLock(guard=False)
 
     def prepare(self) -> Prepared:
         o = self.opts
@@ -78,6 +85,14 @@ class Runner:
     def run(self, prep: Prepared | None = None) -> Summary:
         t_start = time.monotonic()
         prep = prep or self.prepare()
+        store = prep.store
+        self.lock = WorkerLock.take(self.opts.state_dir, store.root if store.is_local else store.url, self.opts.worker)
+        try:
+            return self._run(prep, t_start)
+        finally:
+            self.lock.release()
+
+    def _run(self, prep: Prepared, t_start: float) -> Summary:
         spec = self.spec
         summary = Summary.begin(spec, self.opts.worker, prep.units, prep.skipped)
         if prep.ledger.remaining() == 0:
@@ -86,12 +101,12 @@ class Runner:
             prep.observer.finish(summary)
             return summary
 
-        engine = self._start_engine()
+        engine = self._start_engine(prep.engine_spec)
         summary.engine_version, summary.device = engine.info.version, engine.info.device
         summary.engine_start_seconds = engine.info.start_seconds
         source = self._unit_source(prep)
-        feeder = Feeder(spec, source, prep.ledger.done_mask, Renderer(spec, prep.tokenizer, engine.max_prompt_tokens),
-                        spec.input_columns(), prep.input)
+        renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens, image_placeholder=prep.image_placeholder)
+        feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
         # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
@@ -208,7 +223,7 @@ class Runner:
         f.since_checkpoint, f.last_checkpoint = 0, time.monotonic()
 
     # -- engine start --------------------------------------------------------------------------
-    def _start_engine(self) -> Engine:
+    def _start_engine(self, spec: JobSpec) -> Engine:
         """The engine. A SIGTERM/SIGINT while it starts (minutes on a GPU: compilation, CUDA graphs) ends
         the process at once with exit 75: no row is in flight and no unit is claimed yet, so there is
         nothing to finish or commit. (Exiting from the handler is deliberate: vLLM waits for its engine
@@ -222,7 +237,8 @@ class Runner:
             os._exit(EXIT_INTERRUPTED)
 
         with signals.handling(stop_now):
-            return self.opts.engine_factory(self.spec)
+            self.lock.watch()  # the engine's processes die with this one, even by SIGKILL
+            return self.opts.engine_factory(spec)
 
     # -- after ---------------------------------------------------------------------------------
     @staticmethod
@@ -239,9 +255,11 @@ class Runner:
 
 
 def _output_row(req: Request, c: Completion) -> OutputRow:
-    return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
-                     output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
-                     error=c.error, passthrough=req.passthrough)
+    row = OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
+                    output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
+                    error=c.error, passthrough=req.passthrough)
+    finish_row(row, req, c)  # structured outputs, logprobs, scores (run.structured)
+    return row
 
 
 def _error_row(req: Request, error: str) -> OutputRow:

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchgen.io.parts import OutputRow
+from batchgen.io.parts import OutputRow, read_meta
 from batchgen.io.shards import Unit
 from batchgen.job.spec import JobSpec
 
@@ -22,6 +23,7 @@ class Counters:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    invalid_json: int = 0  # of the error rows: generated, but the JSON failed its check (text kept)
 
     def add_rows(self, rows: Iterable[OutputRow]) -> None:
         for r in rows:
@@ -30,6 +32,7 @@ class Counters:
             self.prompt_tokens += r.prompt_tokens
             self.cached_tokens += r.cached_tokens
             self.output_tokens += sum(r.output_tokens)
+            self.invalid_json += r.invalid_json
 
     def merge(self, other: Counters) -> Counters:
         return Counters(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
@@ -43,7 +46,7 @@ STATS_SCHEMA = pa.schema([
     ("unit", pa.string()), ("seq", pa.int64()), ("worker", pa.string()), ("committed_at", pa.float64()),
     ("rows", pa.int64()), ("errors", pa.int64()), ("prompt_tokens", pa.int64()), ("cached_tokens", pa.int64()),
     ("output_tokens", pa.int64()), ("cache_hit_rate", pa.float64()), ("span_seconds", pa.float64()),
-    ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()),
+    ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()), ("invalid_json", pa.int64()),
     ("job", pa.string()),  # the manifest's job that wrote the part (null in stats written before jobs were recorded)
 ])
 
@@ -53,9 +56,30 @@ def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span:
     row = {"unit": unit, "seq": seq, "worker": worker, "committed_at": time.time(), **asdict(counters),
            "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog,
            "job": job}
+    return stats_bytes(row)
+
+
+def stats_bytes(row: dict[str, Any]) -> bytes:
+    """A stats file: one STATS_SCHEMA row as Parquet."""
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([row], schema=STATS_SCHEMA), buf)
     return buf.getvalue()
+
+
+def stats_from_part(data: bytes, unit: str, seq: int) -> dict[str, Any]:
+    """The stats row of a part, rebuilt from the part's bytes: for a part whose worker was killed before
+    it wrote the stats file. Commit time, span and upload figures were lost with the worker (null)."""
+    table = pq.read_table(io.BytesIO(data), columns=["prompt_tokens", "cached_tokens", "output_tokens", "error"],
+                          use_threads=False)
+    sums = {c: int(pc.sum(table.column(c)).as_py() or 0) for c in ("prompt_tokens", "cached_tokens", "output_tokens")}
+    row: dict[str, Any] = {f.name: None for f in STATS_SCHEMA}
+    meta = read_meta(data)
+    row.update(unit=unit, seq=seq, worker=meta.get("worker", "?"), job=meta.get("job"), rows=table.num_rows,
+               errors=table.num_rows - table.column("error").null_count, **sums,
+               # run.structured's reasons all say "invalid JSON" (also "completion k of n: invalid JSON: ...")
+               invalid_json=int(pc.sum(pc.match_substring(table.column("error"), "invalid JSON")).as_py() or 0),
+               cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
+    return row
 
 
 @dataclass
@@ -104,7 +128,9 @@ class Summary:
         state = "interrupted (rerun to resume)" if self.interrupted else ("complete" if self.complete else "this worker's share done")
         return [
             f"batchgen summary [{self.job} / {self.worker}]: {state}",
-            f"  rows      {d['rows']} generated this run, {d['errors']} errors, {self.rows_skipped} already committed, {self.rows_total} in this share",
+            f"  rows      {d['rows']} generated this run, {d['errors']} errors"
+            + (f" ({d['invalid_json']} invalid JSON)" if d["invalid_json"] else "")
+            + f", {self.rows_skipped} already committed, {self.rows_total} in this share",
             f"  tokens    prompt {d['prompt_tokens']}, cached {d['cached_tokens']} (hit rate {d['cache_hit_rate']:.1%}), output {d['output_tokens']}",
             f"  speed     {d['rows_per_second']} rows/s, {d['output_tokens_per_second']} output tok/s over {self.generate_seconds:.1f}s",
             f"  time      wall {self.wall_seconds:.1f}s, engine start {self.engine_start_seconds:.1f}s, waiting on uploads {self.upload_wait_seconds:.1f}s"

@@ -23,3 +23,24 @@ def load_tokenizer(model: ModelSpec) -> Any:
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot load it"
         raise SpecError(f"cannot load the tokenizer of {name!r}: {str(e).splitlines()[0][:300]}", where="model.path",
                         fix="point model.path at a model folder with tokenizer files (or an id in the local HF cache)") from e
+
+
+# Where processors name the text that stands for one image (transformers writes processor_config.json
+# since v5, preprocessor_config.json before; some tokenizers carry it themselves).
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def image_placeholder(model: ModelSpec, tokenizer: Any = None) -> str | None:
+    """The model's image placeholder (`<image>` for LLaVA), or None if its files do not say."""
+    import json
+
+    folder = Path(model.tokenizer or model.path).expanduser()
+    for name in _PROCESSOR_FILES:
+        try:
+            token = json.loads((folder / name).read_text()).get("image_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(token, str) and token:
+            return token
+    token = getattr(tokenizer, "image_token", None)
+    return token if isinstance(token, str) and token else None

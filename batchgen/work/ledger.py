@@ -47,6 +47,7 @@ class Ledger:
         self.units = {u.key: UnitState(u, np.zeros(max(u.rows, 0), dtype=bool)) for u in units}
         self.lock = threading.Lock()
         self.rows_by_job: Counter[str | None] = Counter()  # rows of the parts read, by the job that wrote them
+        self.loaded: list[tuple[str, int]] = []  # (unit, seq) of the parts the last load() read
 
     def load(self) -> None:
         """Read every committed part of our units (one listing; foreign files are ignored)."""
@@ -57,6 +58,7 @@ class Ledger:
         for key, seqs in by_unit.items():
             for seq in sorted(seqs):
                 self._absorb(key, seq)
+        self.loaded = sorted((key, seq) for key, seqs in by_unit.items() for seq in seqs)
 
     def _absorb(self, key: str, seq: int) -> bytes:
         state = self.units[key]
