@@ -182,8 +182,10 @@ def test_forced_job_with_other_input_leaves_every_record_true(done, tiny_model):
     mine = job_status(validate(other))
     assert mine.complete and mine.rows == mine.rows_total == 2 and mine.outside_rows == 20
     report = make_report(validate(job))
-    assert report.lines[0].startswith("job test: complete; 20 of 20 rows committed")
-    assert "2 jobs wrote into this folder (--force); rows by job:" in report.lines
+    header = dict(report.header)
+    assert header["rows"].startswith("20 of 20 committed") and header["state"].startswith("complete")
+    assert header["jobs"].startswith("2 wrote into this folder (--force); ")
+    assert f"{first['id']} 20/20 rows (complete, this job file)" in header["jobs"] and f"{forced['id']} 2/2 rows (forced, complete)" in header["jobs"]
     assert "<h2>Jobs</h2>" in report.html and forced["id"] in report.html
 
 
