@@ -143,7 +143,7 @@ def run(
     job: Path = JOB,
     flags: dict[str, Any] | None = None,
     sets: Optional[list[str]] = SET,
-    force: bool = typer.Option(False, "--force", help="Resume even if the output was written with settings that change results."),
+    force: bool = typer.Option(False, "--force", help="Go on even if the output was written with settings that change results, or from other input (the manifest keeps both jobs)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="This worker's rank (default: from SLURM / k8s variables, else 0).", rich_help_panel=_SCALE),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
@@ -210,8 +210,8 @@ def plan(
     """Print which worker (rank) does which work units: deterministic, no coordinator."""
     from batchgen.io.shards import InputFiles
     from batchgen.io.store import Store
-    from batchgen.work.manifest import planned
     from batchgen.work.ranks import assign
+    from batchgen.work.resume import resume
 
     try:
         spec = load_job(job, None, sets)
@@ -220,7 +220,8 @@ def plan(
             store: Store | None = Store.open(spec.output.path, spec.output.storage)
         except BatchgenError:
             store = None
-        plan, source = planned(spec, files.layouts(files.discover()), store)
+        found = resume(spec, files, store, strict=False, schemas=False)
+        plan, source = found.plan, found.plan_source
         units = plan.units
         shares = {r: assign(units, r, world_size) for r in range(world_size)}
     except BatchgenError as e:

@@ -108,3 +108,12 @@ def test_scaleout_paced_engines(tmp_path):
 
     texts_each_id_once(out, [f"r{i:09d}" for i in range(1200)])
     assert "| 2 |" in result.with_suffix(".md").read_text()
+
+
+def test_idscan_benchmark_finds_what_it_planted(tmp_path):
+    from benchmarks.idscan import measure, write_shard
+
+    write_shard(tmp_path / "d.parquet", 20_000, "dupint")
+    seconds, rows, _, found = measure(tmp_path / "d.parquet")
+    assert rows == 20_000 and seconds > 0
+    assert found.startswith("3 duplicate id(s) in 6 rows: 0 2 times (d.parquet row 0, d.parquet row 19997)")

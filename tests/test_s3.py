@@ -403,16 +403,105 @@ def test_store_down_mid_run_stops_with_the_rerun_code_then_resumes(vllm_engine, 
     assert_secret_absent(s3.secret, [text, captured.out, captured.err, caplog.text], s3.objects(out))
 
 
-def test_wrong_endpoint_error_run_leaks_no_secret(s3, tiny_model, tmp_path):
-    """An error run (nothing listens at the endpoint) names the endpoint, exits 75, and echoes no secret,
-    whether the secret came from the job file or the environment."""
+def test_wrong_endpoint_is_a_bad_job_and_leaks_no_secret(s3, tiny_model, tmp_path):
+    """A store that has never answered in this run (nothing listens at the endpoint: a typo) is a bad job: exit 2
+    naming the endpoint, so a scheduler that requeues on 75 does not loop forever. No secret is echoed, whether
+    it came from the job file or the environment."""
     write_shards(tmp_path / "in", shards=1, rows=5)
     endpoint = f"http://127.0.0.1:{free_port()}"
     job = s3_job(tiny_model, s3, tmp_path / "in", "s3://bucket/out", storage={"endpoint_url": endpoint, "retries": 1})
     env_secret = f"envsecret{os.urandom(12).hex()}"
     result = run_cli("run", str(write_job(tmp_path / "job.yaml", job)), "-v",
                      env={"AWS_ACCESS_KEY_ID": "AKIAENVTEST", "AWS_SECRET_ACCESS_KEY": env_secret}, timeout=120)
-    assert result.returncode == EXIT_INTERRUPTED, result.stderr[-3000:]
-    assert endpoint in result.stderr and "s3://bucket/out/_batchgen/job.json" in result.stderr
+    assert result.returncode == EXIT_BAD_JOB, result.stderr[-3000:]
+    assert f"the output store at {endpoint} never answered" in result.stderr
+    assert "s3://bucket/out/_batchgen/job.json" in result.stderr and "fix: check output.storage.endpoint_url" in result.stderr
     for secret in (s3.secret, env_secret):
         assert secret not in result.stdout + result.stderr
+    # The same for the input's store.
+    job = s3_job(tiny_model, s3, "s3://bucket/in", tmp_path / "out", storage={"endpoint_url": endpoint, "retries": 1})
+    result = run_cli("run", str(write_job(tmp_path / "job.yaml", job)), timeout=120)
+    assert result.returncode == EXIT_BAD_JOB, result.stderr[-3000:]
+    assert f"input.storage.endpoint_url: the input store at {endpoint} never answered" in result.stderr
+
+
+def test_store_that_answered_then_stopped_exits_75(s3, tiny_model, tmp_path):
+    """The same unreachable store after it answered (the server stops once a part is committed) is an outage:
+    `batchgen run` exits 75, and the rerun completes with each id once."""
+    ids = write_shards(tmp_path / "in", shards=2, rows=40)
+    out = f"s3://{s3.make_bucket()}/out"
+    job = write_job(tmp_path / "job.yaml", s3_job(
+        tiny_model, s3, tmp_path / "in", out, storage={"retries": 2}, checkpoint={"every_rows": 5},
+        runtime={"engine": "instant", "instant_rows_per_second": 20}))
+    proc = _popen_run(job, tmp_path / "run.log")
+    try:
+        _wait_for_part(s3, out, proc)
+        with s3.down():
+            assert proc.wait(timeout=120) == EXIT_INTERRUPTED, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+    assert "gave up after 2 attempts" in (tmp_path / "run.log").read_text()
+    again = run_cli("run", str(job), timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_exactly_once(s3.read_parts(out), ids)
+
+
+# -- input identity on S3 (local: test_manifest.py) ------------------------------------------------------------
+
+def _s3_input_job(s3, tiny_model, tmp_path, versioned: bool = False):
+    bucket = s3.make_bucket()
+    if versioned:
+        s3.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    write_shards(tmp_path / "in", shards=2, rows=10)
+    s3.upload(tmp_path / "in", f"s3://{bucket}/in")
+    job = s3_job(tiny_model, s3, f"s3://{bucket}/in", f"s3://{bucket}/out", runtime={"engine": "instant"})
+    assert Runner(validate(job)).run().complete
+    return bucket, job
+
+
+def test_s3_input_identity_records_etags_and_refuses_a_rewrite(s3, tiny_model, tmp_path):
+    bucket, job = _s3_input_job(s3, tiny_model, tmp_path)
+    (record,) = json.loads(s3.objects(f"s3://{bucket}/out")["_batchgen/job.json"])["jobs"]
+    shard = record["input"]["shards"]["shard-0.parquet"]
+    assert shard["url"] == f"s3://{bucket}/in/shard-0.parquet" and shard["etag"] and shard["rows"] == 10
+    # The same bytes uploaded again: the same ETag (and content); the resume goes on.
+    s3.upload(tmp_path / "in" / "shard-0.parquet", f"s3://{bucket}/in")
+    assert Runner(validate(job)).run().rows_skipped == 20
+    # Rewritten in place with other rows: refused, naming the shard and what changed.
+    write_shards(tmp_path / "new", shards=1, rows=12)
+    s3.upload(tmp_path / "new" / "shard-0.parquet", f"s3://{bucket}/in")
+    with pytest.raises(OutputError) as err:
+        Runner(validate(job)).run()
+    text = err.value.render()
+    assert "shard-0.parquet: rows 10 -> 12" in text and "ETag" in text and "rewritten in place" in text
+
+
+def test_s3_versioned_input_rewritten_with_the_same_rows_is_refused(s3, tiny_model, tmp_path):
+    """On a versioned bucket a rewrite shows as a new version id even when size and footer happen to agree."""
+    bucket, job = _s3_input_job(s3, tiny_model, tmp_path, versioned=True)
+    s3.upload(tmp_path / "in" / "shard-1.parquet", f"s3://{bucket}/in")
+    with pytest.raises(OutputError) as err:
+        Runner(validate(job)).run()
+    assert "shard-1.parquet: version id " in err.value.render() and "shard-0.parquet" not in err.value.render()
+
+
+def test_s3_input_the_user_cannot_read_is_a_bad_job(s3, tiny_model, tmp_path):
+    """Listing allowed, reading denied (IAM): exit 2 naming the shard, before the engine, without the secret."""
+    bucket = s3.make_bucket()
+    write_shards(tmp_path / "in", shards=2, rows=5)
+    s3.upload(tmp_path / "in", f"s3://{bucket}/in")
+    iam, user = s3.client("iam"), f"bg-no-shard-1-{bucket}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/in/shard-1.parquet"}]}))
+    access = iam.create_access_key(UserName=user)["AccessKey"]
+    key, secret = access["AccessKeyId"], access["SecretAccessKey"]
+    job = s3_job(tiny_model, s3, f"s3://{bucket}/in/*.parquet", tmp_path / "out", storage={"key": key, "secret": secret})
+    with s3.enforce_auth():
+        with pytest.raises(InputError) as err:
+            Runner(validate(job), RunOptions(engine_factory=no_engine)).run()
+    text = err.value.render()
+    assert err.value.exit_code == EXIT_BAD_JOB and f"{bucket}/in/shard-1.parquet: cannot read the file" in text
+    assert "fix: give the user running batchgen read access" in text and secret not in text
+    assert not (tmp_path / "out").exists()

@@ -10,10 +10,14 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchgen.errors import SpecError
 from batchgen.io import columns
 from batchgen.job.spec import JobSpec
 
 META_KEY = b"batchgen"
+# Columns batchgen writes into every part (besides the id and the optional ones of io.columns).
+OUTPUT_COLUMNS = ("text", "finish_reason", "completions", "prompt_tokens", "output_tokens", "cached_tokens", "seed",
+                  "error", "row_index")
 
 COMPLETION = pa.struct([("text", pa.string()), ("finish_reason", pa.string()), ("output_tokens", pa.int32())])
 
@@ -36,11 +40,21 @@ def output_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
         pa.field("error", pa.string()),
         pa.field("row_index", pa.int64()),
     ]
-    taken = {f.name for f in fields}
-    for col in spec.output.passthrough_columns:
-        if col not in taken:
-            fields.append(input_schema.field(col))
-    return pa.schema(fields)
+    check_passthrough(spec)
+    return pa.schema(fields + [input_schema.field(col) for col in spec.output.passthrough_columns])
+
+
+def check_passthrough(spec: JobSpec) -> None:
+    """A passthrough column named like a column this job writes would be dropped or clash: refuse it, naming it.
+    (An optional column's name, e.g. `label`, is free while the job does not write that column.)"""
+    names = [spec.input.id_column, *OUTPUT_COLUMNS, *(f.name for f in columns.completion_fields(spec) + columns.row_fields(spec))]
+    clash = [c for c in spec.output.passthrough_columns if c in names]
+    if clash:
+        raise SpecError(
+            f"passthrough column(s) {', '.join(map(repr, clash))} have the name of an output column "
+            f"(the output has {', '.join(map(repr, names))})", where="output.passthrough_columns",
+            fix="rename the input column(s) (e.g. polars .rename({'text': 'source_text'})); the id column is always "
+                "in the output, so it needs no passthrough")
 
 
 @dataclass

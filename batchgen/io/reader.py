@@ -20,18 +20,21 @@ from batchgen.io.shards import InputFiles, Unit
 ROW_INDEX = "row_index"
 
 
-def read_unit(source: InputFiles, unit: Unit, columns: Sequence[str], done: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
+def read_unit(source: InputFiles, unit: Unit, columns: Sequence[str], done: np.ndarray | None = None,
+              batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
     """Yield record batches of `unit` with a `row_index` column (row number in the shard), skipping `done` rows.
 
-    `done` is a bool array over the unit's rows (True = already committed).
+    `done` is a bool array over the unit's rows (True = already committed). `batch_rows`: rows per batch
+    (default input.batch_rows).
     """
     spec = source.spec
+    batch_rows = batch_rows or spec.batch_rows
     if spec.format == "openai_batch":
         with source.fs.open(unit.shard, "rb") as f:
-            yield from openai_batch.iter_request_batches(f, columns, spec.id_column, spec.batch_rows, done, ROW_INDEX)
+            yield from openai_batch.iter_request_batches(f, columns, spec.id_column, batch_rows, done, ROW_INDEX)
         return
     row = unit.row_start
-    for batch in _parquet_batches(source, unit, columns):
+    for batch in _parquet_batches(source, unit, columns, batch_rows):
         idx = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
         batch = batch.append_column(ROW_INDEX, idx)
         if done is not None:
@@ -43,13 +46,13 @@ def read_unit(source: InputFiles, unit: Unit, columns: Sequence[str], done: np.n
             yield batch
 
 
-def _parquet_batches(source: InputFiles, unit: Unit, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(source: InputFiles, unit: Unit, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded.
 
     A unit may be a piece of a row group (work.plan.cut_shard): the rows of its group before it are read and
     skipped, and reading stops at its last row.
     """
-    fs, batch_rows, policy = source.fs, source.spec.batch_rows, source.retry
+    fs, policy = source.fs, source.retry
     sent, failures = 0, 0
     while True:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from batchgen.errors import StorageError
+from batchgen.errors import StorageError, StorageUnavailable
 from batchgen.io.layout import temp_path
 from batchgen.io.retry import RetryPolicy, is_missing_bucket, with_retries
 from batchgen.job.spec import StorageSpec
@@ -67,6 +67,10 @@ class Store:
     root: str
     retry: RetryPolicy
     url: str
+    endpoint: str | None = None  # storage.endpoint_url, for messages
+    # The store has answered a request in this run (even with an error such as 404 or 403): a store that
+    # never did is misconfigured (a wrong endpoint), not down (work.manifest.load_manifest).
+    answered: bool = False
 
     @classmethod
     def open(cls, url: str, spec: StorageSpec) -> Store:
@@ -75,7 +79,8 @@ class Store:
             # s3fs also retries throttling in its own loop (no jitter, uncounted): commits leave every
             # retry to our policy, so it is bounded by the spec and shows in the stats.
             fs.retries = 1
-        return cls(fs=fs, root=root.rstrip("/"), retry=RetryPolicy.from_spec(spec), url=url.rstrip("/"))
+        return cls(fs=fs, root=root.rstrip("/"), retry=RetryPolicy.from_spec(spec), url=url.rstrip("/"),
+                   endpoint=spec.endpoint_url, answered=isinstance(fs, LocalFileSystem))
 
     @property
     def is_local(self) -> bool:
@@ -89,7 +94,15 @@ class Store:
         return posixpath.join(self.url, rel) if rel else self.url
 
     def _call(self, what: str, rel: str, fn, *args, **kwargs):
-        return with_retries(self.retry, f"{what} {self.where(rel)}", fn, *args, **kwargs)
+        try:
+            out = with_retries(self.retry, f"{what} {self.where(rel)}", fn, *args, **kwargs)
+        except StorageUnavailable:
+            raise
+        except (StorageError, FileNotFoundError, FileExistsError):
+            self.answered = True  # an answer, if not the one hoped for
+            raise
+        self.answered = True
+        return out
 
     def read_bytes(self, rel: str) -> bytes:
         return self._call("read", rel, self.fs.cat_file, self.path(rel))

@@ -47,8 +47,10 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None, sets: li
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where,
-                        fix="check indentation and quoting around that line") from e
+        problem = str(getattr(e, "problem", e))
+        tabs = "'\\t'" in problem  # YAML forbids tabs for indentation; the scanner's words do not say so
+        raise SpecError(f"not valid YAML: {problem}", where=where,
+                        fix="indent with spaces, not tabs" if tabs else "check indentation and quoting around that line") from e
     if not isinstance(data, dict):
         raise SpecError("a job file must be a mapping with keys input, prompt, model, output, ...", where=str(path))
     data = _resolve_relative_paths(data, path.parent)

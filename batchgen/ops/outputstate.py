@@ -3,7 +3,9 @@
 Read-only, and safe while workers are writing: every file read here is written whole (atomic
 rename or single PUT), so a listing shows complete files only. A part whose stats file is missing
 (the worker was killed between the two writes, and no run has repaired it yet: run.prepare) is
-counted from the part itself, so `status` never under-counts committed rows.
+counted from the part itself, so `status` never under-counts committed rows. Each stats row names the
+manifest's job that wrote its part (`job`: the id of `_batchgen/job.json`'s jobs; stats of older
+versions have none, and then the part says).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from batchgen.io.layout import MANIFEST, META, STATS, SUCCESS, parse_part, part_path, stats_path, summary_path, summary_worker
+from batchgen.io.parts import read_meta
 from batchgen.io.store import Store
 from batchgen.run.stats import stats_from_part
 from batchgen.work.ledger import committed_parts
+from batchgen.work.manifest import Manifest
 
 _READERS = 16  # parallel reads of small stats files (object stores: latency-bound)
 # pyarrow's own thread pool is off for these tiny files: with it, pyarrow 26 aborts at interpreter exit
@@ -41,7 +45,7 @@ class OutputState:
     stats: list[dict[str, Any]]  # one row per committed part (STATS_SCHEMA), sorted by commit time
     success: dict[str, Any] | None
     ends: dict[str, WorkerEnd] = field(default_factory=dict)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None  # the jobs that wrote here (None: no run yet)
 
     @property
     def complete(self) -> bool:
@@ -56,8 +60,26 @@ def load_state(store: Store) -> OutputState:
         have = {(r["unit"], r["seq"]) for r in stats}
         missing = sorted(parts - have)
         stats += list(pool.map(lambda p: _stats_from_part(store, *p), missing))
+        raw = _json(store, MANIFEST)
+        manifest = Manifest.parse(raw) if raw else None
+        _name_jobs(store, stats, manifest, pool)
     stats.sort(key=lambda r: (_num(r["committed_at"], math.inf), r["unit"], r["seq"]))
-    return OutputState(stats=stats, success=_json(store, SUCCESS), ends=_ends(store), manifest=_json(store, MANIFEST))
+    return OutputState(stats=stats, success=_json(store, SUCCESS), ends=_ends(store), manifest=manifest)
+
+
+def _name_jobs(store: Store, stats: list[dict[str, Any]], manifest: Manifest | None, pool: ThreadPoolExecutor) -> None:
+    """Each stats row's `job`, as a job id of the manifest. Rows without one (older stats) belong to the only job
+    there is, or else the part's metadata says (read only for those)."""
+    unnamed = [r for r in stats if r.get("job") is None]
+    if unnamed and manifest is not None and len(manifest.jobs) > 1:
+        for row, job in zip(unnamed, pool.map(lambda r: _part_job(store, r["unit"], r["seq"]), unnamed)):
+            row["job"] = job
+    for row in stats:
+        row["job"] = manifest.rows_owner(row.get("job")) if manifest is not None else row.get("job")
+
+
+def _part_job(store: Store, unit: str, seq: int) -> str | None:
+    return read_meta(store.read_bytes(part_path(unit, seq))).get("job")
 
 
 def _stats_rows(store: Store, unit: str, seq: int) -> list[dict[str, Any]]:

@@ -119,8 +119,16 @@ def header_rows(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str,
     else:
         per = f"${amount(cost[1])} per 1M output tokens" if cost[1] is not None else "no output tokens"
         rows_out.append(("cost", f"${amount(cost[0])} at ${amount(run.gpu_hour_price)} per {kind}-hour; {per}"))
+    if len(st.jobs) > 1:  # a --force run added jobs: each one's rows (the manifest keeps every job)
+        rows_out.append(("jobs", f"{len(st.jobs)} wrote into this folder (--force); " + "; ".join(_job_text(j) for j in st.jobs)))
     rows_out += [("note", n) for n in run.notes + st.notes]
     return rows_out
+
+
+def _job_text(j) -> str:
+    total = f"/{j.rows_total:,}" if j.rows_total is not None else ""
+    tags = [t for t, on in (("forced", j.forced), ("complete", j.complete), ("this job file", j.this)) if on]
+    return f"{j.id} {j.rows:,}{total} rows" + (f" ({', '.join(tags)})" if tags else "")
 
 
 def _worker_states(runs: list, named: int = 4) -> str:
@@ -156,7 +164,12 @@ def _sections(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str, s
     ordered = sorted(st.units, key=lambda u: (u.state == "done", u.unit))  # unfinished first: what one looks for
     units = [[u.unit, f"{u.rows:,}" + (f"/{u.rows_total:,}" if u.rows_total is not None else ""), f"{u.errors:,}",
               u.parts, u.state, ", ".join(u.workers)] for u in ordered]
-    return [
+    jobs = [[j.id, f"{j.rows:,}" + (f"/{j.rows_total:,}" if j.rows_total is not None else ""),
+             "forced" if j.forced else "first run", "yes" if j.complete else "no", "; ".join(j.changes)] for j in st.jobs]
+    history = [("Jobs", page.paragraph("Every job that wrote into this folder (`--force` adds one), with the rows it wrote; "
+                                       "complete: it wrote every row of its own input.")
+                + page.table(["job", "rows", "how", "complete", "changes"], jobs, what="jobs", text_columns=(4,)))]
+    return (history if len(st.jobs) > 1 else []) + [
         ("Finish reasons", page.paragraph(f"First completion of each of the {ok:,} rows without error.")
          + page.table(["reason", "rows", "share", "meaning"], finish, what="finished rows", text_columns=(3,))),
         ("Errors", page.table(["kind", "rows", f"sample ids (up to {SAMPLE_IDS})", "first message", "fix"], errors,

@@ -2,23 +2,19 @@
 
 Rows go through the same reader and `prompts.Renderer` as `batchgen run`, so a row reported here is
 a row that would become an error row there, for the same reason. Id uniqueness is checked across
-all shards in bounded memory: 8 bytes per row (a 64-bit hash of each id), then a second pass over
-the id column only, for the few hashes seen twice, to name the actual ids and where they are.
+all shards with the check `batchgen run` makes (io.idscan), its first pass riding on this one.
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from batchgen.io.reader import ROW_INDEX, read_unit
+from batchgen.io.idscan import DuplicateIds, find_duplicates, hash_ids
+from batchgen.io.reader import read_unit
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.job.spec import JobSpec
 from batchgen.run.prompts import Renderer
@@ -70,7 +66,7 @@ class RowScan:
     prompt_tokens: int = 0
     longest_prompt: int = 0
     issues: dict[tuple[str, str, str], RowIssue] = field(default_factory=dict)
-    duplicates: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)  # id -> [(shard, row)]
+    duplicates: DuplicateIds = field(default_factory=DuplicateIds)
 
     @property
     def estimated_prompt_tokens(self) -> int:
@@ -106,14 +102,14 @@ def scan_rows(spec: JobSpec, source: InputFiles, units: Sequence[Unit], renderer
         render_cols = spec.input_columns()
         for batch in read_unit(source, unit, render_cols):
             scan.rows += batch.num_rows
-            hashes.append(_hash_ids(batch.column(id_col)))
+            hashes.append(hash_ids(batch.column(id_col)))
             if renderer is None or (sample_rows is not None and rendered >= sample_rows):
                 continue
             if sample_rows is not None and rendered + batch.num_rows > sample_rows:
                 batch = batch.slice(0, sample_rows - rendered)
             rendered += batch.num_rows
             _note_requests(scan, unit.shard, renderer.render(unit.key, batch))
-    scan.duplicates = _find_duplicates(spec, source, units, hashes)
+    scan.duplicates = find_duplicates(source, units, id_col, hashes)
     return scan
 
 
@@ -137,36 +133,3 @@ def _note_requests(scan: RowScan, shard: str, reqs: Iterable[Any]) -> None:
             scan.longest_prompt = max(scan.longest_prompt, n)
         if len(issue.ids) < EXAMPLES:
             issue.ids.append(req.id if req.id is not None else f"row {req.row_index}")
-
-
-def _hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """64-bit hashes of the non-null ids, as strings (so an id hashes the same in every shard)."""
-    as_text = pc.cast(ids, pa.string()) if not pa.types.is_string(ids.type) else ids
-    series = pl.Series(as_text).drop_nulls()
-    return series.hash(seed=0).to_numpy()
-
-
-def _find_duplicates(spec: JobSpec, source: InputFiles, units: Sequence[Unit], hashes: list[np.ndarray]) -> list[tuple[str, list[tuple[str, int]]]]:
-    if not hashes:
-        return []
-    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
-    suspects = values[counts > 1]
-    if not suspects.size:
-        return []
-    # Second pass, id column only: which ids hash to a suspect, and where they are.
-    where: dict[str, list[tuple[str, int]]] = {}
-    id_col = spec.input.id_column
-    for unit in units:
-        for batch in read_unit(source, unit, [id_col]):
-            col = batch.column(id_col)
-            as_text = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
-            series = pl.Series(as_text)
-            hit = np.isin(series.hash(seed=0).to_numpy(), suspects) & ~series.is_null().to_numpy()
-            rows = batch.column(ROW_INDEX).to_numpy()
-            for k in np.flatnonzero(hit):
-                where.setdefault(series[int(k)], []).append((_short(unit.shard), int(rows[k])))
-    return sorted((value, places) for value, places in where.items() if len(places) > 1)
-
-
-def _short(shard: str) -> str:
-    return posixpath.basename(shard)

@@ -1,9 +1,11 @@
 """`batchgen status`: where a job stands, from its output folder alone (no worker is asked).
 
 Works while workers run, after they finish, and after they were killed: committed parts are the
-truth, stats give times and rates, summary files say which workers ended and how, `_SUCCESS.json`
-says the job is complete. A worker with commits but no summary newer than its last commit is
-running, or was killed; how long ago it last committed tells which.
+truth, stats give times and rates, summary files say which workers ended and how. The job is
+complete when every unit of its plan is committed (`_SUCCESS.json` says so too). A worker with
+commits but no summary newer than its last commit is running, or was killed; how long ago it last
+committed tells which. When more than one job wrote into the folder (`--force`), the rows of each
+are counted apart, from the job named in each part's stats row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
 from batchgen.ops.outputstate import OutputState, load_state
-from batchgen.work.manifest import planned
+from batchgen.work.resume import resume
 
 
 @dataclass
@@ -66,6 +68,25 @@ class WorkerStatus:
 
 
 @dataclass
+class JobShare:
+    """One job of the manifest's history, and the rows it wrote into the folder."""
+
+    id: str
+    rows: int = 0
+    rows_total: int | None = None  # rows of its own input
+    first_run: float | None = None
+    forced: bool = False
+    changes: list[str] = field(default_factory=list)
+    current: bool = False  # the manifest's current job (its latest run)
+    this: bool = False  # the job of the job file status was given
+
+    @property
+    def complete(self) -> bool:
+        """Every row of its input written by this job itself."""
+        return self.rows_total is not None and self.rows >= self.rows_total
+
+
+@dataclass
 class JobStatus:
     job: str
     output: str
@@ -79,6 +100,8 @@ class JobStatus:
     last_commit: float | None
     now: float
     notes: list[str] = field(default_factory=list)
+    jobs: list[JobShare] = field(default_factory=list)  # every job that wrote here, oldest first
+    outside_rows: int = 0  # committed rows in units that are not in this job's plan (other jobs' input)
 
     @property
     def rows_per_second(self) -> float:
@@ -96,6 +119,7 @@ class JobStatus:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["units"] = [{**asdict(u), "state": u.state} for u in self.units]
+        d["jobs"] = [{**asdict(j), "complete": j.complete} for j in self.jobs]
         d["workers"] = [{**asdict(w), "rows_per_second": round(w.rows_per_second, 3),
                          "output_tokens_per_second": round(w.output_tokens_per_second, 1),
                          "cache_hit_rate": round(w.cache_hit_rate, 4)} for w in self.workers]
@@ -113,13 +137,19 @@ def load_status(spec: JobSpec, now: float | None = None) -> tuple[JobStatus, Out
     store = Store.open(spec.output.path, spec.output.storage)
     state = load_state(store)
     notes: list[str] = []
+    this: str | None = None
     try:
-        source = InputFiles.open(spec.input)
-        units: list[Unit] | None = planned(spec, source.layouts(source.discover()), store)[0].units
+        job = resume(spec, InputFiles.open(spec.input), store, strict=False, schemas=False)
+        units: list[Unit] | None = job.plan.units
+        this = job.job.id if job.refused is None else None
+        if job.refused is not None and state.manifest is not None:
+            notes.append("this job file's settings or input differ from every job recorded here (`batchgen validate` says how)")
     except BatchgenError as e:
         units = None
         notes.append(f"input not readable ({e.message}): row totals unknown")
-    return build_status(spec, store.url, state, units, now or time.time(), notes), state
+    st = build_status(spec, store.url, state, units, now or time.time(), notes)
+    st.jobs = job_shares(state, this)
+    return st, state
 
 
 def build_status(spec: JobSpec, output: str, state: OutputState, units: list[Unit] | None, now: float,
@@ -127,7 +157,11 @@ def build_status(spec: JobSpec, output: str, state: OutputState, units: list[Uni
     by_unit = {u.key: UnitStatus(u.key, u.rows) for u in units or []}
     by_worker: dict[str, WorkerStatus] = {}
     starts = []
+    outside: dict[str, int] = {}
     for s in state.stats:
+        if units is not None and s["unit"] not in by_unit:  # another job's input (a --force run): counted apart
+            outside[s["unit"]] = outside.get(s["unit"], 0) + s["rows"]
+            continue
         u = by_unit.setdefault(s["unit"], UnitStatus(s["unit"], None))
         w = by_worker.setdefault(s["worker"], WorkerStatus(s["worker"]))
         for target in (u, w):
@@ -150,13 +184,29 @@ def build_status(spec: JobSpec, output: str, state: OutputState, units: list[Uni
         by_worker.setdefault(name, WorkerStatus(name))
     for w in by_worker.values():
         w.state = _worker_state(w, state, spec.checkpoint.every_seconds, now)
+    if outside:
+        notes.append(f"{sum(outside.values()):,} more rows in {len(outside)} unit(s) outside this job's plan "
+                     "(written by another job: see jobs)")
     commits = [w.last_commit for w in by_worker.values() if w.last_commit is not None]
+    all_done = units is not None and all(u.state == "done" for u in by_unit.values())
     return JobStatus(
-        job=spec.name or "job", output=output, complete=state.complete,
+        job=spec.name or "job", output=output, complete=all_done if units else state.complete,
         rows_total=sum(u.rows for u in units) if units is not None else None,
         rows=sum(u.rows for u in by_unit.values()), errors=sum(u.errors for u in by_unit.values()),
         units=sorted(by_unit.values(), key=lambda u: u.unit), workers=sorted(by_worker.values(), key=lambda w: w.worker),
-        started=min(starts) if starts else None, last_commit=max(commits) if commits else None, now=now, notes=notes)
+        started=min(starts) if starts else None, last_commit=max(commits) if commits else None, now=now, notes=notes,
+        outside_rows=sum(outside.values()))
+
+
+def job_shares(state: OutputState, this: str | None) -> list[JobShare]:
+    """Rows per job of the manifest (folder-wide), oldest job first; a job id no record names comes last."""
+    m = state.manifest
+    shares = {j.id: JobShare(j.id, rows_total=j.rows, first_run=j.first_run, forced=j.forced, changes=j.changes,
+                             current=j.id == m.current, this=j.id == this) for j in (m.jobs if m else [])}
+    for s in state.stats:
+        jid = s.get("job") or "unknown"
+        shares.setdefault(jid, JobShare(jid, this=jid == this)).rows += s["rows"]
+    return list(shares.values())
 
 
 def _worker_state(w: WorkerStatus, state: OutputState, every_seconds: float, now: float) -> str:
@@ -190,6 +240,9 @@ def render_text(st: JobStatus, all_units: bool = False, shown: int = 30) -> list
         eta = f", eta {duration(st.eta_seconds)}" if st.eta_seconds is not None else ""
         lines.append(f"  throughput   {st.rows_per_second:,.2f} rows/s over the job{eta}")
     lines += [f"  note: {n}" for n in st.notes]
+    if len(st.jobs) > 1:
+        lines += ["", f"{len(st.jobs)} jobs wrote into this folder (a `--force` run adds one; each row counts for the job that wrote it):"]
+        lines += [_job_line(j, st.now) for j in st.jobs]
     if st.workers:
         lines += ["", _row("worker", "rows", "errors", "parts", "rows/s", "out tok/s", "cache hit", "last commit", "state", numeric=6)]
         for w in st.workers:
@@ -206,6 +259,15 @@ def render_text(st: JobStatus, all_units: bool = False, shown: int = 30) -> list
     if len(units) < len(st.units):
         lines.append(f"... {len(st.units) - len(units)} more done unit(s) (--all lists every unit)")
     return lines
+
+
+def _job_line(j: JobShare, now: float) -> str:
+    total = f"/{j.rows_total:,}" if j.rows_total is not None else ""
+    how = "forced" if j.forced else "first run"
+    when = _when(j.first_run, now) if j.first_run else "?"
+    tags = [t for t, on in (("complete", j.complete), ("current", j.current), ("this job file", j.this)) if on]
+    line = f"  {j.id:<18} {j.rows:>10,}{total} rows  {how} {when}" + (f"  [{', '.join(tags)}]" if tags else "")
+    return line + (f"\n  {'':<18} changes: {'; '.join(j.changes)[:300]}" if j.changes else "")
 
 
 def _interesting(units: Iterable[UnitStatus], shown: int) -> list[UnitStatus]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import BatchgenError
-from batchgen.io.layout import MANIFEST, probe_path
+from batchgen.io.layout import probe_path
+from batchgen.io.parts import check_passthrough
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec, ModelSpec
@@ -31,7 +32,7 @@ from batchgen.models.localize import adapter_rank, local_model, lora_rank
 from batchgen.run.structured import load_schema_file
 from batchgen.run.tokenizer import image_placeholder, load_tokenizer
 from batchgen.work.ledger import Ledger
-from batchgen.work.manifest import CONFLICT, CONFLICT_FIX, differences, planned, read_manifest
+from batchgen.work.resume import Resume, resume
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 
@@ -94,7 +95,12 @@ def validate_job(spec: JobSpec, sample_rows: int | None = None, engine_check: bo
     except BatchgenError as e:
         v.problems.append(Problem("spec", e.message, where=e.where, fix=e.fix))
     source = InputFiles.open(spec.input)
-    units = _check_input(spec, source, v)
+    try:
+        check_passthrough(spec)
+    except BatchgenError as e:
+        v.problems.append(Problem("spec", e.message, where=e.where, fix=e.fix))
+    job = _check_input(spec, source, v)
+    units = job.plan.units if job else []
     renderer = _renderer(spec, v)
     if units:
         try:
@@ -103,42 +109,47 @@ def validate_job(spec: JobSpec, sample_rows: int | None = None, engine_check: bo
             v.problems.append(Problem("rows", e.message, where=e.where, fix=e.fix))
         else:
             _report_rows(scan, v, spec.input.id_column, sampled=sample_rows is not None)
-    _check_output(spec, units, v)
+    _check_output(spec, units, job, v)
     if engine_check:
         _check_engine(spec, v)
     return v
 
 
-def _check_input(spec: JobSpec, source: InputFiles, v: Validation) -> list[Unit]:
-    """Shards, footers, columns. Returns the units of the good shards (the row pass reads those)."""
+def _check_input(spec: JobSpec, source: InputFiles, v: Validation) -> Resume | None:
+    """Shards, footers, columns, the job as a run would resume it. None if a run would refuse the input."""
     try:
         shards = source.discover()
     except BatchgenError as e:
         v.problems.append(Problem("input", e.message, where=e.where, fix=e.fix))
-        return []
-    good = []
+        return None
+    bad = 0
     for shard in shards:
         try:
             source.check_columns(shard, spec.input_columns())
-            good.append(shard)
         except BatchgenError as e:
             check = "columns" if e.message.startswith("missing column") else "input"
             v.problems.append(Problem(check, e.message, where=e.where, fix=e.fix))
+            bad += 1
         except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a file that is not Parquet
             v.problems.append(Problem("input", f"cannot read the file: {str(e).splitlines()[0][:200]}", where=shard,
                                       fix="is it a Parquet file? rewrite it with pyarrow/polars, or remove it from input.path"))
-    if len(good) < len(shards):
-        return []  # unit keys depend on the whole shard list: plan only a job the run would accept
+            bad += 1
+    if bad:
+        return None  # unit keys depend on the whole shard list: plan only a job the run would accept
     try:
-        units = planned(spec, source.layouts(shards), _output_store(spec))[0].units
+        job = resume(spec, source, _output_store(spec), strict=False, found=shards)
+        job.check_not_empty()
     except BatchgenError as e:
         v.problems.append(Problem("input", e.message, where=e.where, fix=e.fix))
-        return []
-    for shard in shards:
-        mine = [u for u in units if u.shard == shard]
-        v.shards.append(ShardInfo(path=shard, rows=sum(u.rows for u in mine), units=len(mine)))
+        return None
+    if job.selection.added:
+        v.notes.append(f"{len(job.selection.added)} shard(s) added to input.path after the job's first run are left out "
+                       f"(the recorded plan wins): {', '.join(posixpath.basename(s) for s in job.selection.added[:10])}")
+    for layout in job.layouts:
+        mine = [u for u in job.plan.units if u.shard == layout.shard]
+        v.shards.append(ShardInfo(path=layout.shard, rows=sum(u.rows for u in mine), units=len(mine)))
     v.rows = sum(s.rows for s in v.shards)
-    return units
+    return job
 
 
 def _renderer(spec: JobSpec, v: Validation) -> Renderer | None:
@@ -185,21 +196,25 @@ def _report_rows(scan: RowScan, v: Validation, id_col: str, sampled: bool) -> No
     for issue in scan.issues.values():
         v.problems.append(Problem(issue.kind, issue.summary, where=issue.shard, fix=issue.fix,
                                   blocking=False, rows=issue.count, examples=issue.ids))
-    if scan.duplicates:
-        first, places = scan.duplicates[0]
-        shown = ", ".join(f"{posixpath.basename(s)} row {r}" for s, r in places[:4])
+    dup = scan.duplicates
+    if dup:
+        first, places = dup.examples[0]
+        shown = ", ".join(f"{s} row {r}" for s, r in places[:4])
         v.problems.append(Problem(
-            "ids", f"{len(scan.duplicates)} duplicate id(s), e.g. {first!r} appears {len(places)} times ({shown})",
-            where=f"column {id_col!r}", rows=sum(len(p) for _, p in scan.duplicates),
-            examples=[value for value, _ in scan.duplicates[:5]],
-            fix="make ids unique across all shards (e.g. prefix them with the shard name): outputs are keyed and resumed by id"))
+            "ids", f"{dup.ids} duplicate id(s), e.g. {first!r} appears {len(places)} times ({shown})",
+            where=f"column {id_col!r}", rows=dup.rows, examples=[value for value, _ in dup.examples[:5]],
+            fix="make ids unique across all shards (e.g. prefix them with the shard name): the join back by id is "
+                "ambiguous (`batchgen run` refuses them unless runtime.on_duplicate_ids: warn)"))
 
 
-def _check_output(spec: JobSpec, units: list[Unit], v: Validation) -> None:
+def _check_output(spec: JobSpec, units: list[Unit], job: Resume | None, v: Validation) -> None:
     try:
         store = Store.open(spec.output.path, spec.output.storage)
         _probe_writable(store)
-        _check_manifest(store, spec, v)
+        if job is not None and job.refused is not None:  # the check `batchgen run` makes (work.resume)
+            lines = [line.strip() for line in job.refused.message.splitlines() if line.strip()]
+            v.problems.append(Problem("output", lines[0] + " " + "; ".join(lines[1:]), where=job.refused.where,
+                                      fix=job.refused.fix))
         if units:
             ledger = Ledger(store, units)
             ledger.load()
@@ -236,14 +251,6 @@ def _output_store(spec: JobSpec) -> Store | None:
         return Store.open(spec.output.path, spec.output.storage)
     except BatchgenError:
         return None
-
-
-def _check_manifest(store: Store, spec: JobSpec, v: Validation) -> None:
-    """The check `batchgen run` makes (work.manifest), reported as a problem instead of raised."""
-    diffs = differences(read_manifest(store), spec)
-    if diffs:
-        v.problems.append(Problem("output", f"{CONFLICT}: " + "; ".join(diffs), where=store.where(MANIFEST),
-                                  fix=CONFLICT_FIX))
 
 
 def _check_engine(spec: JobSpec, v: Validation) -> None:

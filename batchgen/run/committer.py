@@ -31,7 +31,8 @@ class PartSink:
     id_column: str
     compression: str
     worker: str
-    job_fingerprint: str
+    job_id: str  # the manifest's job this run writes as (its settings and input); each part records it
+    settings: str  # the job's settings fingerprint (JobSpec.fingerprint)
     # Extra files and metrics per part (OpenAI JSONL): unit, seq, its rows, parts still queued behind it.
     on_part: Callable[[str, int, list[OutputRow], int], None] | None = None
 
@@ -125,7 +126,7 @@ class Committer:
         t0 = time.monotonic()
 
         def encode(fresh: list[OutputRow], seq: int) -> bytes:
-            meta = {"unit": unit, "seq": seq, "worker": s.worker, "job": s.job_fingerprint}
+            meta = {"unit": unit, "seq": seq, "worker": s.worker, "job": s.job_id, "settings": s.settings}
             return to_parquet_bytes(build_table(s.schema, s.id_column, fresh), s.compression, meta)
 
         result = self.ledger.commit(unit, rows, lambda r: r.row_index, encode)
@@ -135,7 +136,8 @@ class Committer:
         counters = Counters()
         counters.add_rows(fresh)
         now = time.monotonic()
-        stats = part_stats_bytes(unit, seq, s.worker, counters, span=now - self._last, upload=now - t0, backlog=self.backlog)
+        stats = part_stats_bytes(unit, seq, s.worker, counters, span=now - self._last, upload=now - t0, backlog=self.backlog,
+                                 job=s.job_id)
         self._last = now
         self.ledger.store.put(stats_path(unit, seq), stats)
         if s.on_part:

@@ -1,33 +1,37 @@
 """Everything a run checks and loads before its engine starts: a bad job fails here, exit 2, with
 nothing written but the manifest of a first run.
 
-    inputs (shards, footers, columns) -> the plan (recorded by the first run) -> this worker's units
-    -> tokenizer and engine option names -> the manifest check -> what is committed already
-    (and what killed runs left behind: temp files, parts without their stats row)
+    inputs (shards, columns, footers) and the manifest's job (settings, input identity: work.resume)
+    -> the plan (recorded by the first run) -> this worker's units -> tokenizer and engine option names
+    -> refused changes -> duplicate ids (once per input: run.idcheck) -> the manifest written
+    -> what is committed already (and what killed runs left behind: temp files, parts without their stats row)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from batchgen.errors import OutputError
 from batchgen.io.layout import STATS, TMP, parse_part, part_path, stats_path
 from batchgen.io.leftovers import remove_stale_temp
-from batchgen.io.parts import output_schema
+from batchgen.io.parts import check_passthrough, output_schema
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
 from batchgen.models.localize import local_model
 from batchgen.run.committer import PartSink
+from batchgen.run.idcheck import check_duplicate_ids
 from batchgen.run.observers import RunObserver
 from batchgen.run.stats import stats_bytes, stats_from_part
 from batchgen.run.structured import load_schema_file
 from batchgen.run.tokenizer import image_placeholder, load_tokenizer
 from batchgen.work.ledger import Ledger
-from batchgen.work.manifest import check_job_manifest, recorded_plan
-from batchgen.work.plan import plan_job
+from batchgen.work.manifest import Manifest
 from batchgen.work.ranks import assign
+from batchgen.work.resume import resume
 
 log = logging.getLogger("batchgen")
 
@@ -43,6 +47,7 @@ class Prepared:
     tokenizer: Any
     observer: RunObserver  # OpenAI output files and metrics, after each commit
     engine_spec: JobSpec  # the job with its model as local folders (copies of object-store URLs): what the engine loads
+    manifest: Manifest  # the jobs that wrote into the output (this run's among them)
     image_placeholder: str | None = None  # the model's text for one image (`<image>`), if its files name one
 
     @property
@@ -54,12 +59,14 @@ class Prepared:
 def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
     load_schema_file(spec)  # a json_schema path/URL becomes the schema itself (its content is fingerprinted)
     source = InputFiles.open(spec.input)
-    shards = source.discover()
-    schema = None
-    for shard in shards:
-        schema = source.check_columns(shard, spec.input_columns())
     store = Store.open(spec.output.path, spec.output.storage)
-    plan = plan_job(spec.input, source.layouts(shards), recorded_plan(store))
+    if store.is_local and os.path.isfile(store.root):
+        raise OutputError("output.path is a file, not a folder", where=store.url,
+                          fix="point output.path at a folder (it is created if missing), e.g. beside this file")
+    check_passthrough(spec)
+    job = resume(spec, source, store, force=force)
+    job.check_not_empty()
+    plan = job.plan
     mine = list(plan.units) if spec.runtime.elastic else assign(plan.units, rank, world_size)
     model = local_model(spec.model, spec.runtime.model_cache)  # copies weights from an object store once per machine
     tokenizer = load_tokenizer(model)
@@ -70,7 +77,9 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
         check_request(spec, tokenizer)  # the structured constraint compiles; logprobs fit
-    check_job_manifest(store, spec, force, plan.rule)
+    job.check(force)  # other settings or changed input: refused (unless --force)
+    check_duplicate_ids(spec, source, job)
+    job.save(store)
     removed = remove_stale_temp(store)
     if removed:
         log.info("removed %d temp file(s) that killed runs left in %s", len(removed), store.where(TMP))
@@ -79,12 +88,12 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
     repair_stats(store, ledger)
     total = sum(u.rows for u in mine)
     observer = RunObserver(spec, store, worker, total, total - ledger.remaining())
-    sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
-                    compression=spec.output.compression, worker=worker, job_fingerprint=spec.fingerprint()[0],
-                    on_part=observer.on_part)
+    sink = PartSink(schema=output_schema(spec, job.schema), id_column=spec.input.id_column,
+                    compression=spec.output.compression, worker=worker, job_id=job.job.id,
+                    settings=job.job.fingerprint, on_part=observer.on_part)
     return Prepared(all_units=plan.units, units=mine, input=source, store=store, ledger=ledger, sink=sink,
                     tokenizer=tokenizer, observer=observer, engine_spec=spec.model_copy(update={"model": model}),
-                    image_placeholder=image_placeholder(model, tokenizer))
+                    manifest=job.manifest, image_placeholder=image_placeholder(model, tokenizer))
 
 
 def repair_stats(store: Store, ledger: Ledger) -> int:

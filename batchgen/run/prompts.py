@@ -113,6 +113,9 @@ class Renderer:
             nulls = [c for c, v in values.items() if v is None]
             if nulls:
                 return "", refs, f"template column(s) {', '.join(nulls)} null in this row"
+            nested = [c for c, v in values.items() if isinstance(v, (list, tuple, dict, bytes, bytearray))]
+            if nested:  # formatting would paste Python's repr of the value into the prompt
+                return "", refs, f"template column {nested[0]!r} holds {type(values[nested[0]]).__name__}, not text"
             text = p.template.format(**values)
         if p.use_chat:
             user = {"role": "user", "content": self.images.content(text, len(refs))}

@@ -37,8 +37,9 @@ from batchgen.run.stats import Summary
 from batchgen.run.structured import finish_row
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
+from batchgen.work.completion import completion_record
 from batchgen.work.lease import LeaseBook
-from batchgen.work.ledger import Ledger
+from batchgen.work.ledger import Ledger, foreign_rows_by_job
 from batchgen.work.source import StaticShare, UnitSource
 
 log = logging.getLogger("batchgen")
@@ -247,8 +248,8 @@ class Runner:
         everyone.load()
         if not everyone.complete():
             return False
-        record = {"complete": True, "units": len(prep.all_units), "rows": sum(u.rows for u in prep.all_units),
-                  "job": prep.sink.job_fingerprint, "finished_at": time.time(), "by": summary.worker}
+        foreign = foreign_rows_by_job(prep.store, set(everyone.units))  # parts of other jobs' plans (--force)
+        record = completion_record(prep.manifest, prep.all_units, everyone.rows_by_job, foreign, summary.worker)
         prep.store.put(SUCCESS, json.dumps(record, indent=1).encode())
         return True
 

@@ -47,12 +47,15 @@ STATS_SCHEMA = pa.schema([
     ("rows", pa.int64()), ("errors", pa.int64()), ("prompt_tokens", pa.int64()), ("cached_tokens", pa.int64()),
     ("output_tokens", pa.int64()), ("cache_hit_rate", pa.float64()), ("span_seconds", pa.float64()),
     ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()), ("invalid_json", pa.int64()),
+    ("job", pa.string()),  # the manifest's job that wrote the part (null in stats written before jobs were recorded)
 ])
 
 
-def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span: float, upload: float, backlog: int) -> bytes:
+def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span: float, upload: float, backlog: int,
+                     job: str | None = None) -> bytes:
     row = {"unit": unit, "seq": seq, "worker": worker, "committed_at": time.time(), **asdict(counters),
-           "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog}
+           "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog,
+           "job": job}
     return stats_bytes(row)
 
 
@@ -70,7 +73,8 @@ def stats_from_part(data: bytes, unit: str, seq: int) -> dict[str, Any]:
                           use_threads=False)
     sums = {c: int(pc.sum(table.column(c)).as_py() or 0) for c in ("prompt_tokens", "cached_tokens", "output_tokens")}
     row: dict[str, Any] = {f.name: None for f in STATS_SCHEMA}
-    row.update(unit=unit, seq=seq, worker=read_meta(data).get("worker", "?"), rows=table.num_rows,
+    meta = read_meta(data)
+    row.update(unit=unit, seq=seq, worker=meta.get("worker", "?"), job=meta.get("job"), rows=table.num_rows,
                errors=table.num_rows - table.column("error").null_count, **sums,
                # run.structured's reasons all say "invalid JSON" (also "completion k of n: invalid JSON: ...")
                invalid_json=int(pc.sum(pc.match_substring(table.column("error"), "invalid JSON")).as_py() or 0),

@@ -9,15 +9,19 @@ So even two workers on one unit leave each row exactly once. (The folder's names
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchgen.io.layout import PARTS, parse_part, part_path
+from batchgen.io.parts import META_KEY
 from batchgen.io.shards import Unit
 from batchgen.io.store import Store
 
@@ -42,6 +46,7 @@ class Ledger:
         self.store = store
         self.units = {u.key: UnitState(u, np.zeros(max(u.rows, 0), dtype=bool)) for u in units}
         self.lock = threading.Lock()
+        self.rows_by_job: Counter[str | None] = Counter()  # rows of the parts read, by the job that wrote them
         self.loaded: list[tuple[str, int]] = []  # (unit, seq) of the parts the last load() read
 
     def load(self) -> None:
@@ -58,10 +63,12 @@ class Ledger:
     def _absorb(self, key: str, seq: int) -> bytes:
         state = self.units[key]
         data = self.store.read_bytes(part_path(key, seq))
-        rows = pq.read_table(io.BytesIO(data), columns=["row_index"], use_threads=False).column(0).to_numpy()
+        table = pq.read_table(io.BytesIO(data), columns=["row_index"], use_threads=False)
+        rows = table.column(0).to_numpy()
         with self.lock:
             state.done[rows - state.unit.row_start] = True
             state.next_seq = max(state.next_seq, seq + 1)
+            self.rows_by_job[part_job(table)] += len(rows)
         return data
 
     def refresh(self, key: str) -> None:
@@ -106,6 +113,23 @@ class Ledger:
                 # Our own earlier attempt landed but its response was lost, and the retried PUT got 412.
                 return seq, fresh
             log.warning("part %s of unit %s was written by another worker; merging and retrying", seq, key)
+
+
+def part_job(table: pa.Table) -> str | None:
+    """The job a part's metadata names (io.parts: the `job` key), None for parts written without one."""
+    meta = (table.schema.metadata or {}).get(META_KEY)
+    return json.loads(meta).get("job") if meta else None
+
+
+def foreign_rows_by_job(store: Store, known: set[str]) -> Counter[str | None]:
+    """Rows by job of the parts of units not in `known` (another plan's units: a forced job with other input)."""
+    out: Counter[str | None] = Counter()
+    for unit, seq in sorted(committed_parts(store)):
+        if unit not in known:
+            data = store.read_bytes(part_path(unit, seq))
+            table = pq.read_table(io.BytesIO(data), columns=["row_index"], use_threads=False)
+            out[part_job(table)] += table.num_rows
+    return out
 
 
 def committed_parts(store: Store) -> set[tuple[str, int]]:

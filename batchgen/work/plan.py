@@ -9,13 +9,12 @@ path relative to the input root and the first row, so they survive moving the in
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from batchgen.io.shards import ShardLayout, Unit
+from batchgen.io.shards import ShardLayout, Unit, common_root
 from batchgen.job.spec import InputSpec
 
 log = logging.getLogger("batchgen")
@@ -79,9 +78,13 @@ def choose_rule(asked: int | None, recorded: PlanRule | None, total_rows: int) -
     return PlanRule(asked if asked is not None else auto_unit_rows(total_rows))
 
 
-def plan_job(spec: InputSpec, layouts: Sequence[ShardLayout], recorded: PlanRule | None = None) -> Plan:
-    """Cut shards into units of about `unit_rows` rows (see choose_rule and cut_shard)."""
-    root = _common_root([lay.shard for lay in layouts])
+def plan_job(spec: InputSpec, layouts: Sequence[ShardLayout], recorded: PlanRule | None = None,
+             root: str | None = None) -> Plan:
+    """Cut shards into units of about `unit_rows` rows (see choose_rule and cut_shard). Unit keys are shard paths
+    relative to `root` (default: the shards' common folder; a resume passes the one recorded by the first run,
+    so a shard removed or added does not move the others' keys)."""
+    if root is None:
+        root = common_root([lay.shard for lay in layouts]) if layouts else ""
     rule = choose_rule(spec.unit_rows, recorded, sum(lay.rows for lay in layouts))
     units: list[Unit] = []
     for lay in layouts:
@@ -122,12 +125,6 @@ def cut_shard(name: str, shard: str, groups_rows: Sequence[int], rule: PlanRule)
             flush()
     flush()
     return units
-
-
-def _common_root(shards: Sequence[str]) -> str:
-    if len(shards) == 1:
-        return posixpath.dirname(shards[0])
-    return posixpath.commonpath(shards) if all(s.startswith("/") for s in shards) else os.path.commonpath(shards)
 
 
 def _unit_name(shard: str, root: str) -> str:
