@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from batchgen.cli import app
 from batchgen.errors import OutputError
-from batchgen.job.load import validate
+from batchgen.job.load import load_job, validate
 from batchgen.ops.report import make_report
 from batchgen.ops.status import job_status, render_text
 from batchgen.run.runner import RunOptions, Runner
@@ -206,3 +206,20 @@ def test_a_job_finished_by_a_forced_one_is_mixed(done):
     assert [(j["rows"], j["complete"], j["current"]) for j in status["jobs"]] == [(10, False, False), (10, False, True)]
     rows = user_rows(tmp / "out")
     assert rows.height == 20 and rows["id"].n_unique() == 20
+
+
+def test_output_written_by_batchgen_0_1_still_resumes(tmp_path):
+    """The install fixture's output was written by batchgen 0.1.0, before structured outputs, logprobs,
+    scoring, LoRA and images: settings added since stay out of the fingerprint at their defaults, so the
+    same job resumes it (nothing to do, nothing refused) instead of calling its own output foreign."""
+    fixture = Path(__file__).parent / "fixtures" / "install"
+    shutil.copytree(fixture, tmp_path / "job")
+    recorded = manifest(tmp_path / "job" / "out")
+    before = user_rows(tmp_path / "job" / "out")
+    spec = load_job(tmp_path / "job" / "job.yaml", sets=[f"model.path={recorded['fields']['model']['path']}",
+                                                         "runtime.engine=instant"])
+    assert spec.fingerprint()[0] == recorded["fingerprint"]
+    counters = Runner(spec, RunOptions()).run().counters
+    assert counters.rows == 0  # every row was committed by the 0.1.0 run
+    after = user_rows(tmp_path / "job" / "out")
+    assert after.height == before.height == 12 and after.sort("id").equals(before.sort("id"))

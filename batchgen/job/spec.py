@@ -228,6 +228,14 @@ class RuntimeSpec(Strict):
         return self
 
 
+# Fingerprinted settings that came after batchgen 0.1's outputs (structured outputs, logprobs, scoring, LoRA,
+# images): left out of the fingerprint while at their default (JobSpec.fingerprint_fields).
+_LATER_SETTINGS = (("prompt", "score_column"), ("prompt", "image_column"), ("prompt", "image_placeholder"),
+                   ("sampling", "structured"), ("sampling", "logprobs"), ("sampling", "prompt_logprobs"),
+                   ("sampling", "choice_scores"), ("sampling", "lora"), ("model", "structured_backend"), ("model", "lora"))
+_DEFAULTS = {"prompt": PromptSpec, "sampling": SamplingSpec, "model": ModelSpec}
+
+
 class JobSpec(Strict):
     """A batch generation job: where the prompts are, how to render them, which model, where results go."""
 
@@ -281,14 +289,21 @@ class JobSpec(Strict):
         """The settings that change what the output holds: a resume with different values is refused."""
         model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format",
                                                 "structured_backend", "lora"})
-        return {
+        fields = {
             "input.format": self.input.format,
             "input.id_column": self.input.id_column,
-            "prompt": self.prompt.model_dump(),
+            "prompt": self.prompt.model_dump(exclude={"image_timeout_seconds"}),  # a wait, not what the rows hold
             "model": model,
             "sampling": self.sampling.model_dump(),
             "output.passthrough_columns": self.output.passthrough_columns,
         }
+        # Settings added after outputs already existed count only when set: at their default they change
+        # nothing, and an output written before they existed keeps its fingerprint (and resumes).
+        for section, key in _LATER_SETTINGS:
+            default = _DEFAULTS[section].model_fields[key].get_default(call_default_factory=True)
+            if fields[section].get(key) == default:
+                del fields[section][key]
+        return fields
 
     def fingerprint(self) -> tuple[str, dict[str, Any]]:
         """A hash of fingerprint_fields, and the fields themselves as JSON (to say which differ)."""
