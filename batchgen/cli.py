@@ -82,6 +82,8 @@ def run(
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     engine_of_node: Optional[int] = typer.Option(None, "--engine-of-node", hidden=True, help="Set by the node supervisor for its engines."),
+    ready_file: Optional[Path] = typer.Option(None, "--ready-file", hidden=True, help="Set by the node supervisor: written once the engine is up."),
+    start_file: Optional[Path] = typer.Option(None, "--start-file", hidden=True, help="Set by the node supervisor: start the engine once this exists."),
 ) -> None:
     """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
 
@@ -118,10 +120,14 @@ def run(
                     typer.echo(line)
                 raise typer.Exit(result.exit_code)
         else:
+            from batchgen.node.sharing import gated_engine_factory
             from batchgen.node.supervisor import die_with_parent
 
             die_with_parent()
-        summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None)).run()
+        opts = RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None)
+        if ready_file or start_file:
+            opts.engine_factory = gated_engine_factory(start_file, ready_file)
+        summary = Runner(spec, opts).run()
     except BatchgenError as e:
         _fail(e)
         return

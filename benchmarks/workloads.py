@@ -2,6 +2,10 @@
 
 Shapes are real architectures with random (`load_format: dummy`) weights: the speed is the real one,
 the text is noise. Output lengths are fixed by `ignore_eos`, so every method does the same work.
+Row counts are sized for >= 30 s of generation per method on an H200 (docs/benchmarks.md's figures):
+S ~310 req/s, W1 ~24, W3 ~40; S-T and SYN are guesses (seeded sampling is slower in vLLM 0.26).
+A workload's `sampling` holds the job's `sampling:` keys beyond max_tokens and ignore_eos, as a user
+writes them; benchmarks/sampling.py turns them into the raw loop's SamplingParams and run_batch's bodies.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class Workload:
     prefixes: int = 1  # distinct shared prefixes, assigned round-robin
     shuffle: bool = False  # rows in random order (else rows sharing a prefix are adjacent)
     note: str = ""
+    sampling: dict = dataclasses.field(default_factory=dict)  # job `sampling:` keys, e.g. {"temperature": 0.8, "n": 4}
+
+    @property
+    def temperature(self) -> float:
+        return float(self.sampling.get("temperature", 0.0))
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -74,10 +83,14 @@ WORKLOADS: dict[str, Workload] = {
                    note="8B shape, 1024 in / 256 out, unique prompts"),
     "W2": Workload("W2", LLAMA_8B, rows=1000, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
                    note="8B shape, 2048 in of which 1536 shared by all rows, 128 out"),
-    "W3": Workload("W3", LLAMA_8B, rows=1000, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
+    "W3": Workload("W3", LLAMA_8B, rows=1200, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
                    prefixes=50, shuffle=True, note="as W2 with 50 different prefixes, rows shuffled"),
-    "S": Workload("S", SMALL_06B, rows=4000, prompt_tokens=256, output_tokens=128,
+    "S": Workload("S", SMALL_06B, rows=12000, prompt_tokens=256, output_tokens=128,
                   note="0.6B shape, 256 in / 128 out, unique prompts"),
+    "S-T": Workload("S-T", SMALL_06B, rows=8000, prompt_tokens=256, output_tokens=128,
+                    sampling={"temperature": 0.8}, note="S at temperature 0.8, a seed per row"),
+    "SYN": Workload("SYN", SMALL_06B, rows=2500, prompt_tokens=256, output_tokens=128,
+                    sampling={"temperature": 0.8, "n": 4}, note="S with n=4 at temperature 0.8, a seed per row (synthetic data)"),
 }
 
 # Token lengths are divided by this in --tiny mode (the CPU build of vLLM on batchgen's tiny model).

@@ -49,6 +49,8 @@ class EngineInfo:
     max_model_len: int | None
     max_num_seqs: int | None
     start_seconds: float
+    # The options the engine ended up with once it resolved its defaults (vLLM: read from its config).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -9,6 +9,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from batchgen.job.spec import JobSpec
+from batchgen.run.timeline import Timeline
 
 
 class Progress:
@@ -19,6 +20,7 @@ class Progress:
         self.mode, self.total, self.label, self.interval = mode, total, label, interval
         self.t0 = self._last_line = time.monotonic()
         self.rows = self.out_tokens = self.errors = 0
+        self.timeline = Timeline()
         self._bar = tqdm(total=total, desc=label, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1) if mode == "bar" else None
 
     @classmethod
@@ -29,6 +31,7 @@ class Progress:
         self.rows += rows
         self.out_tokens += out_tokens
         self.errors += errors
+        self.timeline.note(self.rows)
         now = time.monotonic()
         if self._bar is not None:
             self._bar.update(rows)
