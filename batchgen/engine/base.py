@@ -20,11 +20,12 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # The engine's request id: unique within a run (a unit's rows have distinct row indexes). Made once:
+    # the loop looks it up several times per row.
+    key: str = field(init=False, default="")
 
-    @property
-    def key(self) -> str:
-        """The engine's request id: unique within a run (a unit's rows have distinct row indexes)."""
-        return f"{self.unit}#{self.row_index}"
+    def __post_init__(self) -> None:
+        self.key = f"{self.unit}#{self.row_index}"
 
 
 @dataclass
