@@ -30,7 +30,8 @@ def run_group(group: list[Method], setup: Setup, round_index: int, reference: di
     """Run `group` (one process) and return one result per method; failures become results with `status` set."""
     if any(m.tuned for m in group) and reference is None:
         return [_base(m, round_index, "skipped (no batchgen engine options yet)") for m in group]
-    folder = setup.work / f"{setup.workload.name}-r{round_index}-{'+'.join(m.slug for m in group)}"[:200]
+    wl = setup.workload
+    folder = setup.work / f"{wl.name}-{wl.rows}-r{round_index}-{'+'.join(m.slug for m in group)}"[:200]
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     kind = group[0].kind

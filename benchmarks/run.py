@@ -88,7 +88,12 @@ def prepare(args: argparse.Namespace, name: str) -> Setup:
     data = args.work / "data" / f"{wl.name}-{wl.shape.name}-{wl.rows}"
     prompts = write_prompts(wl, data.with_suffix(".parquet"))
     return Setup(workload=wl, model=model, prompts=prompts, requests=write_requests(wl, prompts, model, data.with_suffix(".jsonl")),
-                 work=args.work / "runs", engine=engine_options(args, wl), batchgen_sets=list(args.sets))
+                 work=args.work / "runs" / args.out.name, engine=engine_options(args, wl), batchgen_sets=list(args.sets))
+
+
+def label(wl: Workload) -> str:
+    """The workload's name in results: resized runs are told apart (their figures do not mix with the others)."""
+    return wl.name if wl.rows == WORKLOADS[wl.name].rows else f"{wl.name}, {wl.rows} rows"
 
 
 def reference_options(results: list[dict], workload: str) -> dict | None:
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 def _rounds(args: argparse.Namespace, todo: list, setup: Setup, results: list[dict], known: list[dict], meta: dict,
             deadline: float | None) -> None:
     """Every round of one workload; each process's results are saved as soon as it ends."""
-    name = setup.workload.name
+    name = label(setup.workload)
     done = {(r["workload"], r["method"], r["round"]) for r in results}
     for rnd in range(1, args.rounds + 1):
         for group in groups(todo, rnd):

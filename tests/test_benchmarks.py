@@ -132,7 +132,7 @@ def test_harness_budget_resume_and_sigterm(tmp_path):
     slow = [*base, "--set", "runtime.instant_rows_per_second=1", "--rounds", "4", "--resume"]
     cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--out", str(out), "--work", str(tmp_path / "work"), *slow]
     harness = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    folder = tmp_path / "work" / "runs" / "S-r4-batchgen"
+    folder = tmp_path / "work" / "runs" / "out" / "S-16-r4-batchgen"
     deadline = time.monotonic() + 120
     while not (folder / "out" / "_batchgen").exists():
         assert time.monotonic() < deadline and harness.poll() is None
@@ -183,3 +183,18 @@ def test_scaleout_paced_engines(tmp_path):
 
     texts_each_id_once(out, [f"r{i:09d}" for i in range(1200)])
     assert "| 2 |" in result.with_suffix(".md").read_text()
+
+
+def test_roofline_names_the_limit_of_each_workload():
+    """The calculator's arithmetic on known shapes: the 8B with 1024-token prompts is bound by prefill compute,
+    the 0.6B by reading its KV cache during decode (hand-checked figures in docs/benchmarks.md)."""
+    from benchmarks.roofline import main, roofline
+    from benchmarks.workloads import WORKLOADS
+
+    w1, s = roofline(WORKLOADS["W1"]), roofline(WORKLOADS["S"])
+    assert w1.limit == "compute" and s.limit == "memory"
+    # W1: 1024 prompt + 256 output tokens through 8.03B parameters, 2 FLOPs each, plus attention: ~19.6 TFLOP.
+    assert w1.flops_per_row == pytest.approx(2 * 8.03e9 * 1280, rel=0.05)
+    assert w1.max_req_s == pytest.approx(40.2, rel=0.02) and s.max_req_s == pytest.approx(861, rel=0.02)
+    assert roofline(WORKLOADS["W3"]).flops_per_row < w1.flops_per_row  # its prefixes come from the cache
+    assert main(["-w", "W1", "--req-s", "24", "--json"]) == 0

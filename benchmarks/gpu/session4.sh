@@ -22,19 +22,24 @@
 #                                                                        ~11 min (+2 cold)   calls 2-3
 #   C  S-T (8,000 rows) and SYN (2,500 rows, n=4): batchgen | raw + raw of 512; 3 x (75 + 110) each
 #                                                                        ~19 min             calls 3-4
-#   D  S: batchgen | 3 engines | max_num_seqs 1024 with CUDA graphs to 1024 | no async scheduling |
-#      raw one call with vLLM's defaults | run_batch (defaults) | run_batch with batchgen's options
-#                                                                        ~25 min (+2 cold)
+#   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | raw one call with vLLM's defaults |
+#      max_num_seqs 1024 with CUDA graphs up to 1024 | async scheduling off | run_batch with batchgen's
+#      options; 3 x (75 + 115 + 95 + 80 + 80 + 80 s)                     ~27 min (+2 cold for run_batch)
 #   E  W3 (1,200 rows; ~30 s at 40 req/s): batchgen | raw + raw of 512    ~10 min
+#   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
+#      A second engine starts ~20 s after the first (one after another on a GPU), so with 12,000 rows it
+#      joins late and a third not at all; 30,000 rows show what they do for a long job   ~25 min
 # Four calls of ~8.5 min reach into block C; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
+# stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
+# before it would apply (v1/engine/output_processor.py:285-300), so it cannot change anything here.
 set -u
 mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-A B C D E}
+blocks=${S4_BLOCKS:-A B C D E F}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -42,7 +47,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B C D E"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B C D E F"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -74,11 +79,14 @@ bench() {
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
 bench B "$rounds" -w W1 --methods batchgen,raw1,rawN
 bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
-bench D "$rounds" -w S --methods batchgen,e3,s1024,noasync,raw1d,runbatch,runbatcht \
-    --variant 'e3=runtime.engines_per_gpu=3' \
+bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
     --variant 'noasync=model.engine_kwargs.async_scheduling=false'
 bench E "$rounds" -w W3 --methods batchgen,raw1,rawN
+long=(--rows 30000)
+[ "$mode" = tiny ] && long=()
+bench F "$rounds" -w S "${long[@]}" --methods batchgen,e2,e3,e2free --variant 'e2=runtime.engines_per_gpu=2' \
+    --variant 'e3=runtime.engines_per_gpu=3' --variant 'e2free=runtime.engines_per_gpu=2;runtime.cpu_affinity=off'
 
 # Pack: everything measured so far (every call's tarball holds all blocks), logs cut to their tails.
 merged=$(ls "$state"/res/*/results.json 2>/dev/null)
