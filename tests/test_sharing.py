@@ -122,3 +122,16 @@ def test_two_engines_share_one_device(tiny_model, tmp_path):
     assert "e1: e0 is ready, e1 starts its engine" in two.stderr
     node = json.loads((meta / "summary-node.json").read_text())
     assert node["rows"] == len(ids) and node["engine_options"]["engines_per_gpu"] == 2
+
+
+def test_timeline_keeps_about_a_point_a_second_and_the_last_result():
+    from batchgen.run.timeline import Timeline
+
+    t = Timeline(every=1.0, max_points=8)
+    for i in range(100):  # 10 s of rows finishing every 0.1 s
+        t.note(i + 1, now=1000.0 + i / 10)
+    points = t.points()
+    assert points[-1] == (1009.9, 100)  # the last result, not the last sampled second
+    assert len(points) <= 9 and points[0] == (1000.0, 1)
+    assert all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:]))
+    assert Timeline().points() == []

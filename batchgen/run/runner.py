@@ -114,7 +114,7 @@ class Runner:
             summary.generate_seconds = (flight.last_result_at or time.monotonic()) - t_gen
             summary.generate_ended_at = summary.generate_started_at + summary.generate_seconds
             progress.close()
-            summary.timeline = progress.timeline.points(progress.rows)
+            summary.timeline = progress.timeline.points()
             engine.close()
             try:
                 committer.close()

@@ -16,22 +16,24 @@ class Timeline:
     def __init__(self, every: float = 1.0, max_points: int = MAX_POINTS):
         self.every, self.max_points = every, max_points
         self._points: list[tuple[float, int]] = []
+        self._last: tuple[float, int] | None = None  # the latest note, kept or not: the run's last result
         self._next = 0.0
 
     def note(self, rows: int, now: float | None = None) -> None:
         """`rows` finished so far (cumulative). Cheap when no point is due: one comparison."""
         now = time.time() if now is None else now
+        self._last = (round(now, 2), rows)
         if now < self._next:
             return
-        self._points.append((round(now, 2), rows))
+        self._points.append(self._last)
         self._next = now + self.every
         if len(self._points) >= self.max_points:
             self._points = self._points[::2]
             self.every *= 2
 
-    def points(self, rows: int | None = None) -> list[tuple[float, int]]:
-        """Every point, plus a last one for `rows` now (the end of the run)."""
+    def points(self) -> list[tuple[float, int]]:
+        """Every point kept, ending with the latest note (when the last rows finished)."""
         out = list(self._points)
-        if rows is not None and (not out or out[-1][1] != rows):
-            out.append((round(time.time(), 2), rows))
+        if self._last is not None and (not out or out[-1] != self._last):
+            out.append(self._last)
         return out
