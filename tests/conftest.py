@@ -22,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The engine core in-process: starts in ~3 s instead of ~20 s. Tests of the default (multiprocess)
 # mode set it back to 1 for their subprocess.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# Worker locks and engine process records of the runs the tests start: in the checkout, not in ~/.cache.
+os.environ.setdefault("BATCHGEN_STATE_DIR", str(ROOT / ".cache" / "state"))
 
 # Words for prompts with shared prefixes (so the prefix cache has something to hit).
 WORDS = "river mill garden bread rain sea road winter bee lantern stone field".split()

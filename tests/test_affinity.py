@@ -10,6 +10,7 @@ import pytest
 
 from batchgen.node import affinity
 from batchgen.node.affinity import engine_cpu_groups, even_groups, format_cpulist, local_cpus, parse_cpulist, plan_affinity
+from batchgen.node.gpus import sysfs_bus_id
 from batchgen.node.supervisor import pin_to
 
 # Two sockets of 8 cores, cores numbered socket by socket; GPU 0 hangs off the second socket.
@@ -59,8 +60,8 @@ def test_local_cpus_reads_sysfs(tmp_path):
     dev = tmp_path / "0000:3b:00.0"
     dev.mkdir()
     (dev / "local_cpulist").write_text("16-31\n")
-    assert local_cpus("00000000:3B:00.0", sysfs=tmp_path) == list(range(16, 32))  # nvidia-smi's spelling
-    assert local_cpus("00000000:AF:00.0", sysfs=tmp_path) == []
+    assert local_cpus(sysfs_bus_id("00000000:3B:00.0"), sysfs=tmp_path) == list(range(16, 32))  # NVML's spelling
+    assert local_cpus("0000:af:00.0", sysfs=tmp_path) == []
 
 
 def test_a_pinned_engine_process_runs_on_its_cores_only():
@@ -71,7 +72,7 @@ def test_a_pinned_engine_process_runs_on_its_cores_only():
 
 
 def test_gpu_engines_with_too_few_cores_are_not_pinned(monkeypatch):
-    monkeypatch.setattr(affinity, "gpu_bus_ids", dict)  # no topology, as on a machine without nvidia-smi
+    monkeypatch.setattr(affinity, "node_gpus", list)  # no topology, as on a machine without NVML or GPUs in sysfs
     assert plan_affinity(list(range(6)), [("0",), ("1",)]) == [[], []]  # 3 cores each: below the floor
     assert plan_affinity(list(range(8)), [("0",), ("1",)]) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert plan_affinity([0, 1], [(), (), ()]) == [[0], [1], [0]]  # CPU engines: vLLM binds its threads anyway

@@ -1,7 +1,8 @@
-"""Prometheus metrics: the textfile format, atomic writes, pushes to a Pushgateway on loopback, and a real run."""
+"""Prometheus metrics (prometheus_client): the textfile, atomic writes, pushes to a Pushgateway on loopback, and a real run."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import logging
 import threading
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchgen.job.load import validate
-from batchgen.run.metrics import MetricsSink, WorkerMetrics, render, write_textfile
+from batchgen.run.metrics import MetricsSink, WorkerMetrics, render
 from batchgen.run.runner import RunOptions, Runner
 from batchgen.run.stats import Counters
 from tests.conftest import job_dict, write_shards
@@ -60,10 +61,13 @@ def gateway():
 
 
 def test_textfile_format_and_atomic_write(tmp_path):
-    m = WorkerMetrics(job='night "run"', worker="node-1", rows_share=100, rows_skipped=40, started=1000.0,
-                      counters=Counters(rows=30, errors=2, prompt_tokens=400, cached_tokens=100, output_tokens=900),
-                      last_commit=1010.5)
-    text = render(m, now=1010.0)
+    clock = iter([1000.0, 1010.5, 1010.0]).__next__  # start, the commit, the write
+    m = WorkerMetrics(job='night "run"', worker="node-1", rows_share=100, rows_skipped=40, clock=clock)
+    m.committed(Counters(rows=30, errors=2, prompt_tokens=400, cached_tokens=100, output_tokens=900), backlog=3)
+    m.clock = lambda: 1010.0
+    path = tmp_path / "textfile" / "batchgen.prom"
+    MetricsSink(str(path), None).publish(m)
+    text = path.read_text()
     got = samples(text)
     labels = {"job_name": 'night "run"', "worker": "node-1"}
     assert got["batchgen_rows_done"] == (labels, 70.0)  # 40 from earlier runs + 30 now
@@ -73,14 +77,15 @@ def test_textfile_format_and_atomic_write(tmp_path):
     assert got["batchgen_prefix_cache_hit_ratio"][1] == 0.25
     assert got["batchgen_rows_per_second"][1] == 3.0
     assert got["batchgen_output_tokens_per_second"][1] == 90.0
+    assert got["batchgen_upload_backlog_parts"][1] == 3
     assert got["batchgen_last_commit_timestamp_seconds"][1] == 1010.5
     assert got["batchgen_running"][1] == 1 and got["batchgen_job_complete"][1] == 0
     assert "# TYPE batchgen_errors_total counter" in text and "# TYPE batchgen_rows_done gauge" in text
+    assert "_created" not in text, "no _created samples (disable_created_metrics)"
+    assert text == render(m)
 
-    path = tmp_path / "textfile" / "batchgen.prom"
-    write_textfile(str(path), text)
-    write_textfile(str(path), text.replace("node-1", "node-2"))
-    assert 'worker="node-2"' in path.read_text()
+    MetricsSink(str(path), None).publish(WorkerMetrics(job="j", worker="node-2", rows_share=1, rows_skipped=0))
+    assert 'worker="node-2"' in path.read_text() and 'worker="node-1"' not in path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["batchgen.prom"], "no temporary files left for the collector"
 
 
@@ -88,8 +93,11 @@ def test_push_and_failures_never_raise(gateway, tmp_path, caplog):
     m = WorkerMetrics(job="j", worker="host/a b", rows_share=5, rows_skipped=0)
     MetricsSink(None, gateway.url + "/").publish(m)
     method, path, body = gateway.received[0]
-    assert (method, path) == ("PUT", "/metrics/job/batchgen/instance/host%2Fa%20b")
+    # The Pushgateway's grouping key; a value with "/" travels base64-encoded (Pushgateway >= 0.9).
+    assert (method, path) == ("PUT", "/metrics/job/batchgen/instance@base64/" + base64.urlsafe_b64encode(b"host/a b").decode())
     assert samples(body)["batchgen_rows_share"][1] == 5
+    MetricsSink(None, gateway.url).publish(WorkerMetrics(job="j", worker="w7", rows_share=5, rows_skipped=0))
+    assert gateway.received[1][1] == "/metrics/job/batchgen/instance/w7"
 
     dead = MetricsSink(str(tmp_path / "m.prom"), "http://127.0.0.1:9")  # nothing listens on port 9
     with caplog.at_level(logging.WARNING, logger="batchgen"):
@@ -111,6 +119,7 @@ def test_metrics_follow_a_real_run(vllm_engine, tiny_model, tmp_path, gateway):
     assert final["batchgen_cached_tokens_total"][1] == summary.counters.cached_tokens
     assert final["batchgen_running"][1] == 0 and final["batchgen_job_complete"][1] == 1
     assert final["batchgen_last_commit_timestamp_seconds"][1] > 0
+    assert final["batchgen_upload_backlog_parts"][1] == 0
     # One push when the run starts, one per committed part, and the final ones.
     pushed = [samples(body) for _, path, body in gateway.received]
     assert all(path == "/metrics/job/batchgen/instance/w7" for _, path, _ in gateway.received)

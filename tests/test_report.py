@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import re
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -12,7 +15,10 @@ from typer.testing import CliRunner
 
 from batchgen.cli import app
 from batchgen.job.load import load_job
-from batchgen.ops.report import PANELS
+from batchgen.ops import report
+from batchgen.ops.charts import PANELS
+from batchgen.ops.rowfacts import read_row_facts
+from batchgen.ops.timeline import build_timeline
 from batchgen.run.runner import RunOptions, Runner
 from batchgen.job.spec import JobSpec
 from tests.conftest import job_dict, write_job, write_shards
@@ -29,7 +35,7 @@ def colour_pixels(img: Image.Image, rgb: tuple[int, int, int], tol: int = 12) ->
     return sum(n for n, px in img.getcolors(maxcolors=1 << 20) if all(abs(a - b) <= tol for a, b in zip(px[:3], rgb)))
 
 
-def test_report_png_and_html_show_each_worker(vllm_engine, tiny_model, tmp_path):
+def test_report_png_and_html_show_each_worker(vllm_engine, tiny_model, tmp_path, monkeypatch):
     # Two workers split the job (rank 0/1); every 7th prompt is null, so there are error rows to chart.
     write_shards(tmp_path / "in", shards=4, rows=24, row_group=8,
                  note=lambda s, i: None if i % 7 == 3 else f"note {s}-{i}")
@@ -39,17 +45,23 @@ def test_report_png_and_html_show_each_worker(vllm_engine, tiny_model, tmp_path)
     for rank, worker in enumerate(("alpha", "beta")):
         Runner(load_job(job), RunOptions(rank=rank, world_size=2, worker=worker, engine_factory=lambda _s: vllm_engine)).run()
 
+    monkeypatch.setattr(report, "UNITS_SHOWN", 3)  # 4 units: the table must say it shows 3 of them
     result = invoke("report", str(job))
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0] == "job test: complete; 96 of 96 rows committed, 12 error rows (12.50% of rows)"
-    assert lines[1].startswith("workers 2, units 4/4 done, parts ")
+    lines = {line[:14].strip(): line[15:] for line in result.output.splitlines() if not line.startswith("wrote")}
+    assert lines["rows"] == "96 of 96 committed, 12 error rows (12.50%)"
+    assert lines["state"].startswith("complete at ") and "alpha finished" in lines["state"]
+    assert lines["engine"].startswith("vllm ") and lines["model"] == str(tiny_model)
+    # 84 rows without error, each ending on `length` or `stop`.
+    finish = dict(re.findall(r"(\w+) (\d+) of 84", lines["finish reasons"]))
+    assert sum(map(int, finish.values())) == 84 and set(finish) <= {"length", "stop"}
+    assert lines["cost"] == "pass --gpu-hour-price to price the device-hours"
     png_path, html_path = tmp_path / "out" / "_batchgen" / "report.png", tmp_path / "out" / "_batchgen" / "report.html"
-    assert lines[-2:] == [f"wrote {png_path}", f"wrote {html_path}"]
+    assert result.output.splitlines()[-2:] == [f"wrote {png_path}", f"wrote {html_path}"]
 
     img = Image.open(png_path)
     img.load()
-    assert img.format == "PNG" and img.size == (1200, 750)
+    assert img.format == "PNG" and img.size == (1200, 1400)
     rgb = img.convert("RGB")
     assert len(rgb.getcolors(maxcolors=1 << 20)) > 50, "a chart, not a blank canvas"
     # Both workers' series are drawn: each colour covers a real share of the canvas.
@@ -58,16 +70,19 @@ def test_report_png_and_html_show_each_worker(vllm_engine, tiny_model, tmp_path)
     page = html_path.read_text()
     inline = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert inline and base64.b64decode(inline[1]) == png_path.read_bytes(), "self-contained: the PNG is inlined"
-    series = re.search(r'<ul class="series">(.*?)</ul>', page, re.S)[1]
-    for panel in PANELS:
-        assert f"<li>{panel}: alpha, beta</li>" in series
+    for name, _ in PANELS:
+        assert f"<li><b>{name}</b>:" in page
     assert "<td>alpha</td>" in page and "<td>beta</td>" in page
-    assert "error rows" in page and "prefix-cache hit rate" in page
+    # The error table: the kind, its count, sample ids (5 of 12) and the fix.
+    errors = re.search(r"<h2>Errors</h2>(.*?)</table>", page, re.S)[1]
+    assert "<td>empty-prompt</td><td>12</td>" in errors and "(5 of 12)" in errors and "s0-00003, s0-00010" in errors
+    assert "showing 3 of 4 work units" in page
     assert not re.search(r'(src|href)="https?://', page), "no external resources"
 
     out = tmp_path / "elsewhere"
-    result = invoke("report", str(job), "--out", str(out))
+    result = invoke("report", str(job), "--out", str(out), "--gpu-hour-price", "3")
     assert result.exit_code == 0 and (out / "report.png").stat().st_size > 10_000 and (out / "report.html").exists()
+    assert re.search(r"^cost +\$[0-9.e-]+ at \$3 per device-hour; \$[0-9.e-]+ per 1M output tokens$", result.output, re.M)
 
 
 def test_report_before_any_commit(tiny_model, tmp_path):
@@ -75,8 +90,56 @@ def test_report_before_any_commit(tiny_model, tmp_path):
     job = write_job(tmp_path / "job.yaml", job_dict(tiny_model, tmp_path / "in", tmp_path / "out"))
     result = invoke("report", str(job), "--out", str(tmp_path / "rep"))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("job test: no rows committed yet")
-    assert Image.open(tmp_path / "rep" / "report.png").size == (1200, 750)
+    assert "rows           0 of 4 committed, 0 error rows" in result.output
+    assert "state          incomplete | no worker has committed yet" in result.output
+    assert Image.open(tmp_path / "rep" / "report.png").size == (1200, 1400)
+    assert "<p class=\"none\">no finished rows</p>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_rates_spread_parts_over_their_spans():
+    """Parts back to back make a flat rate line, not a comb of spikes at commit times and zeros between."""
+    t0 = 1_000_000.0
+    stats = [{"unit": "u", "seq": k, "worker": "w", "committed_at": t0 + 10.0 * (k + 1), "span_seconds": 10.0,
+              "rows": 50, "errors": 0, "output_tokens": 500, "cache_hit_rate": 0.0, "upload_backlog": 0}
+             for k in range(12)]
+    # A resumed run: 30 s down, then two more parts.
+    stats += [{**stats[0], "seq": 12 + k, "committed_at": t0 + 150.0 + 10.0 * (k + 1)} for k in range(2)]
+    tl = build_timeline(stats, {"w": (t0 - 20.0, t0)})
+    rate, lo, hi = tl.workers[0].rows_per_second, tl.bin_edges[:-1], tl.bin_edges[1:]
+    # Seconds since the origin (the engine start at t0 - 20): first run 20-140, down 140-170, second run 170-190.
+    first_run, down = (lo >= 20) & (hi <= 140), (lo >= 140) & (hi <= 170)
+    assert first_run.sum() >= 3 and down.sum() >= 1
+    assert np.allclose(rate[first_run], 5.0), rate  # 50 rows per 10 s, in every bin: no comb of spikes and zeros
+    assert np.all(rate[down] == 0), "down between the runs: 0, not interpolated"
+    assert np.allclose(np.nansum(rate * (hi - lo)), 14 * 50), "every row counted once"
+    assert np.isnan(build_timeline(stats, {"w": (t0 - 200.0, t0)}).workers[0].rows_per_second[0]), \
+        "NaN before the worker's first part: it was starting its engine, not stalled"
+    assert tl.engine_starts == {"w": (0.0, 20.0)}
+    assert np.allclose(tl.workers[0].output_tokens_per_second[first_run], 50.0)
+
+
+def test_row_facts_read_only_small_columns(tmp_path):
+    """A part of long texts: the report reads its four small columns (and ids of error rows), not the texts."""
+    from batchgen.io.store import Store
+    from batchgen.job.spec import StorageSpec
+
+    n = 2000
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "text": ["lorem ipsum " * 200 + str(i) for i in range(n)],
+                      "finish_reason": ["length" if i % 4 else "stop" for i in range(n)],
+                      "prompt_tokens": pa.array([10 + i % 5 for i in range(n)], pa.int32()),
+                      "output_tokens": pa.array([0 if i % 100 == 7 else 32 for i in range(n)], pa.int32()),
+                      "error": [f"prompt has {900 + i} tokens; the model takes at most 511" if i % 100 == 7 else None
+                                for i in range(n)]})
+    (tmp_path / "parts").mkdir()
+    pq.write_table(table, tmp_path / "parts" / "a@0.000000.parquet")
+    facts = read_row_facts(Store.open(str(tmp_path), StorageSpec()), [("a@0", 0)], "id")
+    assert facts.rows == n and facts.error_rows == 20
+    assert facts.finish == {"length": 1480, "stop": 500}  # error rows (all on rows that say `length` here) left out
+    (kind,) = facts.errors.values()
+    assert kind.kind == "too-long" and kind.count == 20 and kind.ids == ["r7", "r107", "r207", "r307", "r407"]
+    assert facts.output_tokens[32] == 1980 and facts.prompt_tokens[10:15].sum() == 1980
+    size = (tmp_path / "parts" / "a@0.000000.parquet").stat().st_size
+    assert facts.read_bytes < size / 20, (facts.read_bytes, size)
 
 
 def test_init_writes_a_valid_commented_job(tmp_path):
@@ -124,3 +187,50 @@ def test_init_alternatives_validate(tmp_path, key, value):
     data[section][name] = value
     path.write_text(yaml.safe_dump(data))
     assert load_job(path)
+
+
+def _summary(worker: str, wall: float, end: float, device: str = "cuda: NVIDIA H200", rows: int = 10) -> dict:
+    return {"job": "j", "worker": worker, "model": "m", "engine": "vllm", "engine_version": "0.26.0", "device": device,
+            "wall_seconds": wall, "engine_start_seconds": 20.0, "generate_seconds": wall - 25.0,
+            "generate_started_at": end - wall + 20.0, "generate_ended_at": end - 5.0, "rows": rows, "errors": 0,
+            "output_tokens": 100 * rows, "interrupted": False, "complete": True}
+
+
+def _part(worker: str, seq: int, at: float) -> dict:
+    return {"unit": f"u-{worker}", "seq": seq, "worker": worker, "committed_at": at, "span_seconds": 10.0, "rows": 5,
+            "errors": 0, "prompt_tokens": 50, "cached_tokens": 0, "output_tokens": 500, "cache_hit_rate": 0.0,
+            "upload_seconds": 0.1, "upload_backlog": 0}
+
+
+def test_device_time_counts_killed_runs_by_their_parts_and_nodes_once(tmp_path):
+    """GPU-hours: a worker's last run by its wall time, an earlier killed run by its parts' spans; a node's
+    own summary gives the header's times but no device time (its engines have theirs)."""
+    from batchgen.job.load import validate
+    from batchgen.ops.outputstate import OutputState, WorkerEnd
+    from batchgen.ops.runfacts import gather_run_facts
+    from batchgen.ops.status import build_status
+
+    job = job_dict(tmp_path / "model", tmp_path / "in", tmp_path / "out")
+    job["model"]["tensor_parallel_size"] = 2
+    spec = validate(job)
+    # Worker w: a run killed after 3 parts (no summary of it), then a resumed run of 50 s with 2 parts.
+    stats = [_part("w", k, 1000.0 + 10 * k) for k in (1, 2, 3)] + [_part("w", 3 + k, 2000.0 + 10 * k) for k in (1, 2)]
+    ends = {"w": WorkerEnd(_summary("w", 50.0, 2025.0), 2025.0)}
+    facts = gather_run_facts(spec, build_status(spec, "out", OutputState(stats, None, ends), None, 3000.0, []),
+                             OutputState(stats, None, ends), 4.0)
+    (run,) = facts.runs
+    assert run.devices == 2 and run.device_seconds == 50.0 + 3 * 10.0
+    assert facts.device_hours == 2 * 80.0 / 3600 and facts.cost(2500) == (4.0 * 160 / 3600, 4.0 * 160 / 3600 / 2500 * 1e6)
+    assert facts.devices_how == "model.tensor_parallel_size 2 x pipeline_parallel_size 1"
+
+    # A node n with two engines: the node's summary (its wall) in the header, the engines' in the device time.
+    stats = [_part("n-e0", 1, 1100.0), _part("n-e1", 1, 1110.0)]
+    ends = {"n": WorkerEnd(_summary("n", 130.0, 1200.0, device="2 engines, cuda: NVIDIA H200", rows=20), 1200.0),
+            "n-e0": WorkerEnd(_summary("n-e0", 100.0, 1150.0), 1150.0),
+            "n-e1": WorkerEnd(_summary("n-e1", 110.0, 1160.0), 1160.0)}
+    state = OutputState(stats, {"finished_at": 1160.0}, ends)
+    facts = gather_run_facts(spec, build_status(spec, "out", state, None, 3000.0, []), state, None)
+    assert [r.worker for r in facts.runs if r.node] == ["n"]
+    assert facts.wall_seconds == 130.0 and facts.devices == ["cuda: NVIDIA H200"] and facts.engines == ["vllm 0.26.0"]
+    assert facts.device_hours == 2 * (100.0 + 110.0) / 3600 and facts.rows_generated == 20
+    assert facts.cost(1) is None and facts.on_gpu

@@ -24,6 +24,7 @@ from batchgen.errors import EXIT_INTERRUPTED
 from batchgen.job.load import validate
 from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import ROOT, job_dict, write_job, write_shards
+from tests.outputs import assert_each_id_once_as_users_read, temp_files
 
 pytestmark = pytest.mark.engine
 PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
@@ -32,9 +33,9 @@ PROGRESS = re.compile(r"\[batchgen\] \S+: (\d+)/(\d+) rows")
 class Run:
     """`batchgen run` in a subprocess, its stderr collected as it comes."""
 
-    def __init__(self, job: Path, multiprocess_engine: bool = False):
+    def __init__(self, job: Path, multiprocess_engine: bool = False, args: tuple[str, ...] = ()):
         env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess_engine else "0"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "batchgen", "run", str(job), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
@@ -64,8 +65,7 @@ def committed(out: Path) -> list[dict]:
 
 
 def part_files(out: Path) -> list[Path]:
-    """Committed parts; a killed writer may leave a hidden .tmp-* file, which readers skip."""
-    return sorted(p for p in (out / "parts").glob("*.parquet") if not p.name.startswith("."))
+    return sorted((out / "parts").glob("*.parquet"))
 
 
 def n_parts(out: Path) -> int:
@@ -73,9 +73,12 @@ def n_parts(out: Path) -> int:
 
 
 def assert_no_duplicates(out: Path) -> list[dict]:
+    """No id twice, through pyarrow here and through the readers users use (nothing else in parts/ or stats/)."""
     rows = committed(out)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an id was committed twice"
+    assert temp_files(out) == []
+    assert assert_each_id_once_as_users_read(out) == len(rows)
     return rows
 
 

@@ -76,8 +76,25 @@ def check_sampling_extra(sampling: SamplingSpec) -> None:
                             fix="see vLLM's SamplingParams for option names")
 
 
+def output_args(log_level: str | None) -> dict[str, Any]:
+    """EngineArgs for vLLM's own output at `log_level`. 0.32 has a `log_level` field, applied in the
+    engine's processes too (it re-configures logging when the engine starts, so a level set beforehand
+    is lost). 0.26 has none: it reads VLLM_LOGGING_LEVEL once at import (the CLI sets it first), so only
+    this process's vllm logger can still be set here. Above INFO, no weight-loading bar either."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    if log_level is None:
+        return {}
+    level = log_level.upper()
+    args: dict[str, Any] = {} if level in ("DEBUG", "INFO") else {"use_tqdm_on_load": False}
+    if "log_level" in {f.name for f in dataclasses.fields(EngineArgs)}:
+        return {**args, "log_level": level}
+    logging.getLogger("vllm").setLevel(level)
+    return args
+
+
 class VllmEngine:
-    def __init__(self, spec: JobSpec):
+    def __init__(self, spec: JobSpec, log_level: str | None = None):
         import vllm
         from vllm.engine.arg_utils import EngineArgs
         from vllm.platforms import current_platform
@@ -90,8 +107,8 @@ class VllmEngine:
         t0 = time.monotonic()
         # Offline batch work gets the defaults vLLM gives its own LLM class: on an H100/H200 that is
         # max_num_batched_tokens 16384, not the 2048 of the plain engine context (prefill 8x slower).
-        self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_args_dict(spec.model, on_gpu=on_gpu)),
-                                                  usage_context=UsageContext.LLM_CLASS)
+        args = {**output_args(log_level), **engine_args_dict(spec.model, on_gpu=on_gpu)}  # engine_kwargs win
+        self._engine = LLMEngine.from_engine_args(EngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         started = time.monotonic() - t0
         cfg = self._engine.vllm_config
         self.info = EngineInfo(
@@ -124,8 +141,12 @@ class VllmEngine:
         )
 
     def add(self, req: Request) -> str | None:
+        # vLLM's own input type for token ids (0.26 and 0.32): a plain {"prompt_token_ids": ...} dict is a
+        # "raw prompt", deprecated (a warning) and re-rendered on every add.
+        from vllm.inputs import tokens_input
+
         try:
-            self._engine.add_request(req.key, {"prompt_token_ids": req.token_ids}, self.params(req.sampling, req.seed))
+            self._engine.add_request(req.key, tokens_input(req.token_ids), self.params(req.sampling, req.seed))
         except (ValueError, TypeError, self._validation_error) as e:
             return f"rejected by vLLM: {e}"
         self._live.add(req.key)

@@ -7,12 +7,13 @@ translated exception), not by the exception's text alone: s3fs turns a 500 into
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from batchgen.errors import StorageError, StorageUnavailable
 from batchgen.io.redact import redact
@@ -21,27 +22,14 @@ from batchgen.job.spec import StorageSpec
 log = logging.getLogger("batchgen.io")
 T = TypeVar("T")
 
-# S3 error codes that mean "try again" (AWS documents these as retryable; 409 ConditionalRequestConflict
-# is a conditional write racing another one: retrying gives a clear 412 or success).
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "OperationAborted",
-    "BandwidthLimitExceeded", "PriorRequestNotComplete", "ConditionalRequestConflict",
-})
+# Conditional writes racing another one on the same key (S3 answers 409): retrying gives a clear 412 or
+# success. Ours: botocore does not retry them, since without If-None-Match they do not happen.
+_CONDITIONAL_CONFLICTS = frozenset({"ConditionalRequestConflict", "OperationAborted"})
+# Codes that mean "these credentials may not do this", for a message that says so (not retried either way).
 _DENIED_CODES = frozenset({
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
     "InvalidToken", "AccountProblem", "InvalidSecurity", "RequestTimeTooSkewed",
 })
-# Network-level failures, by class name so no HTTP library must be imported to recognise them
-# (botocore, aiohttp, fsspec, http.client).
-_TRANSIENT_TYPES = frozenset({
-    "ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-    "ConnectionClosedError", "HTTPClientError", "ClientConnectionError", "ClientConnectorError",
-    "ServerDisconnectedError", "ClientPayloadError", "FSTimeoutError", "IncompleteRead", "ResponseParserError",
-})
-# Text of errors from other fsspec back ends that carry no S3 error code.
-_TRANSIENT_TEXT = ("SlowDown", "Throttl", "ServiceUnavailable", "InternalError", "Connection reset",
-                   "connection reset", "timed out", "Timeout", "Broken pipe", "Could not connect")
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -86,15 +74,11 @@ class RetryPolicy:
 
 def error_code(exc: BaseException) -> tuple[str, int]:
     """(S3 error code, HTTP status) of the response behind `exc`, or ("", 0) if there was none."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in _chain(exc):
         response = getattr(e, "response", None)
         if isinstance(response, dict) and isinstance(response.get("Error"), dict):
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             return str(response["Error"].get("Code", "")), int(status)
-        e = e.__cause__ or e.__context__
     return "", 0
 
 
@@ -102,15 +86,44 @@ def is_missing_bucket(exc: BaseException) -> bool:
     return error_code(exc)[0] == "NoSuchBucket" or "bucket does not exist" in str(exc)
 
 
+@functools.cache
+def _retryable() -> tuple[Any, tuple[type[BaseException], ...]]:
+    """botocore's standard retry conditions (what the AWS SDKs retry), and the exception types that mean
+    the network failed: Python's, aiohttp's (s3fs's transport) and those s3fs retries itself.
+    Imported on first use: `batchgen status` on local files needs none of it."""
+    from aiohttp import ClientConnectionError
+    from botocore.retries.standard import OrRetryChecker, ThrottledRetryableChecker, TransientRetryableChecker
+    from s3fs.core import S3_RETRYABLE_ERRORS
+
+    return (OrRetryChecker([TransientRetryableChecker(), ThrottledRetryableChecker()]),
+            (ConnectionError, TimeoutError, ClientConnectionError, *S3_RETRYABLE_ERRORS))
+
+
 def is_transient(exc: BaseException) -> bool:
+    from botocore.awsrequest import AWSResponse
+    from botocore.retries.standard import RetryContext
+
+    checker, network = _retryable()
     code, status = error_code(exc)
     if code or status:
-        return code in _TRANSIENT_CODES or status >= 500 or status in (408, 429)
+        response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        context = RetryContext(attempt_number=1, parsed_response=response,
+                               http_response=AWSResponse("", status, {}, None) if status else None)
+        return code in _CONDITIONAL_CONFLICTS or checker.is_retryable(context)
     if isinstance(exc, _FILE_ERRORS):
         return False
-    if any(t.__name__ in _TRANSIENT_TYPES for t in type(exc).__mro__):
-        return True
-    return any(m in f"{type(exc).__name__} {exc}" for m in _TRANSIENT_TEXT)
+    return any(isinstance(e, network) or checker.is_retryable(RetryContext(attempt_number=1, caught_exception=e))
+               for e in _chain(exc))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it (s3fs and fsspec re-raise botocore's errors as OSError)."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not s for s in seen):
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
 
 
 def retry_transient(policy: RetryPolicy, what: str, fn: Callable[..., T], *args, **kwargs) -> T:

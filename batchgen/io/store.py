@@ -1,15 +1,17 @@
 """A folder on any fsspec file system, with the few operations batchgen's commit protocol needs.
 
-Whole-object visibility is the point: a part is written to a temporary name and renamed on local
-disk (rename is atomic within a folder), and sent as a single PUT on object stores (an object is
-visible only once its upload completes). `create_exclusive` is create-if-absent: O_EXCL-style
-hard link locally, a conditional PUT (If-None-Match: *) on S3.
+Whole-object visibility is the point: locally a file is written under _batchgen/tmp/ (where no
+glob of the output looks, so a writer killed mid-write leaves nothing a reader counts) and then
+published into its folder by rename or hard link (both atomic on one file system); on object
+stores it is a single PUT (an object is visible only once its upload completes; no temp object).
+`create_exclusive` is create-if-absent: a hard link locally, a conditional PUT (If-None-Match: *) on S3.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from batchgen.errors import StorageError
+from batchgen.io.layout import temp_path
 from batchgen.io.retry import RetryPolicy, is_missing_bucket, with_retries
 from batchgen.job.spec import StorageSpec
 
@@ -145,12 +148,10 @@ class Store:
     def _local_write(self, rel: str, data: bytes, *, exclusive: bool) -> bool:
         final = self.path(rel)
         folder = os.path.dirname(final)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except (FileExistsError, NotADirectoryError, PermissionError) as e:
-            raise StorageError(f"cannot create folder {folder}: {e.strerror}",
-                               fix="output.path must be a folder you can write (a file stands in its way, or permissions)") from e
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.path.basename(final)}")
+        # The writer's host and pid are in the name: a later run removes only what a dead writer left (io.leftovers).
+        tmp = self.path(temp_path(socket.gethostname(), os.getpid(), uuid.uuid4().hex, os.path.basename(final)))
+        _makedirs(folder)
+        _makedirs(os.path.dirname(tmp))
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -170,6 +171,14 @@ class Store:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _makedirs(folder: str) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
+        raise StorageError(f"cannot create folder {folder}: {e.strerror}",
+                           fix="output.path must be a folder you can write (a file stands in its way, or permissions)") from e
 
 
 def _fsync_dir(folder: str) -> None:

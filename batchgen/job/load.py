@@ -12,7 +12,8 @@ from pydantic import BaseModel, ValidationError
 from batchgen.errors import SpecError
 from batchgen.job.spec import JobSpec
 
-# CLI flags named as vLLM names them, and where each lands in the spec.
+# CLI flags named as vLLM names them, and where each lands in the spec (cli.py makes one option of each,
+# typed and documented by the field it sets, for `run` and `validate` alike).
 FLAG_PATHS: dict[str, str] = {
     "model": "model.path",
     "max_model_len": "model.max_model_len",
@@ -31,31 +32,6 @@ FLAG_PATHS: dict[str, str] = {
     "frequency_penalty": "sampling.frequency_penalty",
     "seed": "sampling.seed",
 }
-
-
-def parse_flags(args: list[str]) -> dict[str, Any]:
-    """`batchgen run`'s engine and sampling flags given to another command (validate): `--max-tokens 64`.
-
-    The names are FLAG_PATHS', so every command that reads a job takes the same overrides as `run`.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        name, eq, value = args[i].removeprefix("--").partition("=")
-        key = name.replace("-", "_")
-        if not args[i].startswith("--") or key not in FLAG_PATHS:
-            raise SpecError(f"unexpected argument {args[i]!r}",
-                            fix="engine and sampling flags as in `batchgen run --help` (e.g. --max-tokens 64), or --set a.b=value")
-        if not eq and key == "trust_remote_code":
-            value = "true"
-        elif not eq:
-            i += 1
-            if i >= len(args):
-                raise SpecError(f"--{name} needs a value", fix=f"e.g. --{name} VALUE")
-            value = args[i]
-        out[key] = yaml.safe_load(value)
-        i += 1
-    return out
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> JobSpec:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from batchgen.models.folder import build_atomically, ensure_folder
 
 if TYPE_CHECKING:  # heavy imports stay lazy: importing this module must be cheap
     import torch
@@ -148,38 +148,14 @@ def _write_model(folder: Path, seed: int) -> None:
 
 
 def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
-    """Builds the model folder at dest. It appears whole or not at all (temp dir + rename),
-    so a crash or a concurrent builder never leaves a half-written folder behind.
-    Raises FileExistsError if dest already exists (then it is left untouched)."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        _write_model(tmp, seed)
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # some writers create 0600 files; the cache may be shared
-        tmp.chmod(0o755)
-        if dest.exists():
-            raise FileExistsError(f"{dest} already exists")
-        os.rename(tmp, dest)  # atomic; fails if another process's non-empty dest won the race
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and dest.is_dir():
-            raise FileExistsError(f"{dest} already exists") from exc
-        raise
-    return dest
+    """Builds the model folder at dest, whole or not at all. FileExistsError if dest already exists."""
+    return build_atomically(dest, lambda tmp: _write_model(tmp, seed))
 
 
 def ensure_tiny_model(cache_dir: Path, *, seed: int = 0) -> Path:
-    """Returns the cached model folder under cache_dir, building it once. Safe under concurrency:
-    the loser of a build race discards its copy and uses the winner's identical one."""
+    """Returns the cached model folder under cache_dir, building it once. Safe under concurrency."""
     dest = Path(cache_dir).expanduser() / f"tiny-llama-v{RECIPE_VERSION}-s{seed}"
-    if dest.is_dir():
-        return dest
-    try:
-        return build_tiny_model(dest, seed=seed)
-    except FileExistsError:
-        return dest
+    return ensure_folder(dest, lambda d: build_tiny_model(d, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,9 @@ reader, tokenizer and Parquet writer), and thread pools size themselves from the
 on (tokenizers' Rayon pool, torch's intra-op pool). Two engines that both see every core of the
 node oversubscribe it and run on the far socket's memory; pinning each to its own group avoids both.
 
-The group of a GPU engine is the set of cores local to its GPUs (sysfs `local_cpulist` of the PCI
-device, found through `nvidia-smi`); engines whose GPUs share a NUMA node split its cores. Where
-topology cannot be read, the allowed cores are cut into equal consecutive groups.
+The group of a GPU engine is the set of cores local to its GPUs (NVML's CPU affinity of the device,
+else sysfs `local_cpulist` of its PCI device); engines whose GPUs share a NUMA node split its cores.
+Where topology cannot be read, the allowed cores are cut into equal consecutive groups.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from batchgen.node.gpus import gpu_bus_ids
+from batchgen.node.gpus import SYSFS_PCI, Gpu, node_gpus
 
 log = logging.getLogger("batchgen")
 
-SYSFS_PCI = Path("/sys/bus/pci/devices")
 # A GPU engine keeps about three threads busy (vLLM's engine core loop, its output processing, batchgen's
 # reader/tokenizer); with fewer cores per engine than this, engines are not pinned.
 MIN_GPU_ENGINE_CORES = 4
@@ -45,12 +44,23 @@ def even_groups(cpus: Sequence[int], n: int) -> list[list[int]]:
 
 
 def local_cpus(bus_id: str, sysfs: Path = SYSFS_PCI) -> list[int]:
-    """Cores local to a PCI device; nvidia-smi writes 00000000:3B:00.0, sysfs names it 0000:3b:00.0."""
-    domain, _, rest = bus_id.lower().partition(":")
+    """Cores local to a PCI device (sysfs spelling of its bus id: 0000:3b:00.0)."""
     try:
-        return parse_cpulist((sysfs / f"{domain[-4:]}:{rest}" / "local_cpulist").read_text())
+        return parse_cpulist((sysfs / bus_id / "local_cpulist").read_text())
     except (OSError, ValueError):
         return []
+
+
+def gpu_local_cpus(gpus: Sequence[Gpu], sysfs: Path = SYSFS_PCI) -> dict[str, list[int]]:
+    """Each GPU's nearby cores, keyed by index and by UUID (the two spellings of CUDA_VISIBLE_DEVICES):
+    NVML's affinity where it gave one, else the PCI device's local_cpulist."""
+    local: dict[str, list[int]] = {}
+    for g in gpus:
+        cpus = list(g.cpus) or local_cpus(g.bus_id, sysfs)
+        local[g.index] = cpus
+        if g.uuid:
+            local[g.uuid] = cpus
+    return local
 
 
 def engine_cpu_groups(allowed: Sequence[int], gpu_groups: Sequence[Sequence[str]],
@@ -88,14 +98,13 @@ def _disjoint(groups: Sequence[Sequence[int]]) -> bool:
 
 
 def plan_affinity(allowed: Sequence[int], gpu_groups: Sequence[Sequence[str]]) -> list[list[int]]:
-    """Core groups for the engines of this machine (GPU topology from nvidia-smi and sysfs).
+    """Core groups for the engines of this machine (GPU topology from NVML, else sysfs).
 
     GPU engines are left unpinned (empty groups) when a group would have fewer than
     MIN_GPU_ENGINE_CORES: an engine's busy threads then do better sharing every core than queueing on few.
     """
     gpu = any(gpu_groups)
-    bus = gpu_bus_ids() if gpu else {}
-    local = {g: local_cpus(bus[g]) for gpus in gpu_groups for g in gpus if g in bus}
+    local = gpu_local_cpus(node_gpus()) if gpu else {}
     groups, numa = engine_cpu_groups(allowed, gpu_groups, local)
     if gpu and min(len(g) for g in groups) < MIN_GPU_ENGINE_CORES:
         log.info("engine cores: not pinned (%d cores for %d engines; pinning needs %d per engine)",

@@ -1,18 +1,38 @@
-"""The GPUs of this node: which ones this process may use, and where each sits on the PCI bus.
+"""The GPUs of this node: which ones this process may use, where each sits, and the cores near it.
 
-Not torch: importing it takes seconds, and initializing CUDA in the supervisor would hold memory on
-every GPU.
+Read through NVML (`nvidia-ml-py`, the library nvidia-smi itself is built on): it answers in
+milliseconds and, unlike torch, does not initialize CUDA (the supervisor must not hold memory on
+every GPU). Where NVML cannot be loaded (no driver, or a container without its library) the PCI
+devices in sysfs stand in for the topology.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from typing import Mapping
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger("batchgen")
+
+SYSFS_PCI = Path("/sys/bus/pci/devices")
+NVIDIA_VENDOR = "0x10de"
+# PCI classes of GPUs: VGA controller (0x0300) and 3D controller (0x0302, the data-centre parts).
+GPU_CLASSES = ("0x0300", "0x0302")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: str  # as CUDA_VISIBLE_DEVICES numbers it (NVML and sysfs both order by PCI bus id)
+    uuid: str  # "" when unknown (sysfs)
+    name: str
+    bus_id: str  # sysfs spelling: 0000:3b:00.0
+    cpus: tuple[int, ...]  # the cores near it (NVML's ideal affinity); () when NVML could not say
 
 
 def visible_gpus(env: Mapping[str, str]) -> list[str]:
-    """GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable if set, else `nvidia-smi -L`."""
+    """GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable if set, else every GPU NVML sees."""
     listed = env.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         ids: list[str] = []
@@ -22,27 +42,72 @@ def visible_gpus(env: Mapping[str, str]) -> list[str]:
                 break
             ids.append(item)
         return ids
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+    # Not sysfs here: a container may list the host's every GPU on its PCI bus but be given only some.
+    return [g.index for g in nvml_gpus() or []]
 
 
-def gpu_bus_ids(timeout: float = 10.0) -> dict[str, str]:
-    """Every GPU's PCI bus id, keyed by both its index and its UUID (the two spellings of CUDA_VISIBLE_DEVICES)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return {}
+def node_gpus(sysfs: Path = SYSFS_PCI) -> list[Gpu]:
+    """Every GPU of the node with its topology: from NVML, else from sysfs's PCI devices."""
+    found = nvml_gpus()
+    return found if found is not None else sysfs_gpus(sysfs)
+
+
+def gpu_names() -> list[str]:
+    """Names of this node's GPUs (NVML), empty without any."""
+    return [g.name for g in nvml_gpus() or []]
+
+
+def nvml_gpus() -> list[Gpu] | None:
+    """The GPUs NVML reports, or None if NVML cannot be used here."""
     try:
-        out = subprocess.run([exe, "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=timeout, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    ids: dict[str, str] = {}
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) == 3:
-            index, uuid, bus = fields
-            ids[index] = ids[uuid] = bus
-    return ids
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, or no nvidia-ml-py
+        log.debug("NVML unavailable (%s): no GPUs from NVML", e)
+        return None
+    try:
+        return [_nvml_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except pynvml.NVMLError as e:
+        log.warning("NVML failed while listing GPUs (%s); GPU topology from sysfs instead", e)
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _nvml_gpu(pynvml: Any, index: int) -> Gpu:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    try:
+        cpus = _cpus_of_mask(pynvml.nvmlDeviceGetCpuAffinity(handle, -(-(os.cpu_count() or 1) // 64)))
+    except pynvml.NVMLError:  # NOT_SUPPORTED on some platforms: the bus id still finds it in sysfs
+        cpus = ()
+    return Gpu(index=str(index), uuid=_text(pynvml.nvmlDeviceGetUUID(handle)), name=_text(pynvml.nvmlDeviceGetName(handle)),
+               bus_id=sysfs_bus_id(_text(pynvml.nvmlDeviceGetPciInfo(handle).busId)), cpus=cpus)
+
+
+def _cpus_of_mask(words: Any) -> tuple[int, ...]:
+    """NVML's affinity: 64-bit words, bit b of word w is core 64*w + b."""
+    return tuple(64 * w + b for w, word in enumerate(words) for b in range(64) if int(word) >> b & 1)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def sysfs_bus_id(bus_id: str) -> str:
+    """NVML writes 00000000:3B:00.0; sysfs names the device 0000:3b:00.0."""
+    domain, _, rest = bus_id.lower().partition(":")
+    return f"{domain[-4:]}:{rest}"
+
+
+def sysfs_gpus(sysfs: Path = SYSFS_PCI) -> list[Gpu]:
+    """NVIDIA GPUs among the PCI devices, in bus order (CUDA's PCI_BUS_ID order); no uuid, no NVML affinity."""
+    found = []
+    for dev in sorted(sysfs.glob("*")):
+        try:
+            vendor, cls = (dev / "vendor").read_text().strip(), (dev / "class").read_text().strip()
+        except OSError:
+            continue
+        if vendor == NVIDIA_VENDOR and cls[:6] in GPU_CLASSES:
+            found.append(dev.name)
+    return [Gpu(index=str(i), uuid="", name="NVIDIA GPU", bus_id=bus, cpus=()) for i, bus in enumerate(found)]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from batchgen.engine import Engine, preload_engine, start_engine
+from batchgen.engine import Engine, preload_engine
 from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 from batchgen.models.dims import read_dims
 
@@ -106,8 +106,9 @@ class StartGates:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def gated_engine_factory(start_file: Path | None, ready_file: Path | None) -> Callable[[JobSpec], Engine]:
-    """An engine factory for an engine of a shared GPU: import vLLM, wait for the gate, start, say so."""
+def gated_engine_factory(start: Callable[[JobSpec], Engine], start_file: Path | None,
+                         ready_file: Path | None) -> Callable[[JobSpec], Engine]:
+    """`start` for an engine of a shared GPU: import vLLM, wait for the gate, start the engine, say so."""
     def factory(spec: JobSpec) -> Engine:
         if start_file is not None:
             preload_engine(spec)  # the imports overlap the previous engine's start; only the engine itself waits
@@ -115,7 +116,7 @@ def gated_engine_factory(start_file: Path | None, ready_file: Path | None) -> Ca
             while not start_file.exists():
                 time.sleep(GATE_POLL_SECONDS)
             log.info("engine start: waited %.1fs for the previous engine on this GPU", time.monotonic() - t0)
-        engine = start_engine(spec)
+        engine = start(spec)
         if ready_file is not None:
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(str(os.getpid()))

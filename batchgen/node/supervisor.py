@@ -84,6 +84,7 @@ class NodeRun:
     force: bool = False
     verbose: bool = False
     python: str = field(default_factory=lambda: sys.executable)
+    state_dir: Path | None = None  # worker locks and engine process records (run.worklock), passed to the engines
 
 
 @dataclass
@@ -116,6 +117,7 @@ def child_command(run: NodeRun, spec: JobSpec, index: int) -> list[str]:
         cmd += ["--set", f"runtime.metrics_textfile={json.dumps(f'{stem}-e{index}.prom')}"]
     cmd += ["--rank", str(run.rank), "--world-size", str(run.world_size),
             "--worker-id", engine_worker(run.worker, index), "--engine-of-node", str(index)]
+    cmd += ["--state-dir", str(run.state_dir)] if run.state_dir else []
     return cmd + (["--force"] if run.force else []) + (["--verbose"] if run.verbose else [])
 
 
@@ -247,7 +249,8 @@ class Supervisor:
 def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:
     """Check the job once, start the engines, wait for them; raises BatchgenError for a bad job."""
     t0 = time.monotonic()
-    runner = Runner(spec, RunOptions(rank=run.rank, world_size=run.world_size, worker=run.worker, force=run.force))
+    runner = Runner(spec, RunOptions(rank=run.rank, world_size=run.world_size, worker=run.worker, force=run.force,
+                                     state_dir=run.state_dir))
     prep = runner.prepare()  # a bad job fails here, once, before any engine starts
     if prep.ledger.remaining() == 0:
         return NodeResult(0, runner.run(prep), [])

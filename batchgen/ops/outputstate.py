@@ -2,8 +2,8 @@
 
 Read-only, and safe while workers are writing: every file read here is written whole (atomic
 rename or single PUT), so a listing shows complete files only. A part whose stats file is missing
-(the worker was killed between the two writes) is counted from the part itself, so `status` never
-under-counts committed rows.
+(the worker was killed between the two writes, and no run has repaired it yet: run.prepare) is
+counted from the part itself, so `status` never under-counts committed rows.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchgen.io.layout import MANIFEST, META, STATS, SUCCESS, parse_part, part_path, stats_path, summary_path, summary_worker
-from batchgen.io.parts import read_meta
 from batchgen.io.store import Store
-from batchgen.run.stats import STATS_SCHEMA
+from batchgen.run.stats import stats_from_part
 from batchgen.work.ledger import committed_parts
 
 _READERS = 16  # parallel reads of small stats files (object stores: latency-bound)
@@ -67,16 +65,7 @@ def _stats_rows(store: Store, unit: str, seq: int) -> list[dict[str, Any]]:
 
 
 def _stats_from_part(store: Store, unit: str, seq: int) -> dict[str, Any]:
-    """Stats rebuilt from a part (no commit time or span: those were lost with the worker)."""
-    data = store.read_bytes(part_path(unit, seq))
-    table = pq.read_table(io.BytesIO(data), columns=["prompt_tokens", "cached_tokens", "output_tokens", "error"],
-                          use_threads=False)
-    sums = {c: int(pc.sum(table.column(c)).as_py() or 0) for c in ("prompt_tokens", "cached_tokens", "output_tokens")}
-    row = {f.name: None for f in STATS_SCHEMA}
-    row.update(unit=unit, seq=seq, worker=read_meta(data).get("worker", "?"), rows=table.num_rows,
-               errors=table.num_rows - table.column("error").null_count, **sums,
-               cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
-    return row
+    return stats_from_part(store.read_bytes(part_path(unit, seq)), unit, seq)
 
 
 def _json(store: Store, rel: str) -> dict[str, Any] | None:

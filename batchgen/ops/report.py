@@ -1,39 +1,33 @@
-"""`batchgen report`: the stats Parquet as a picture and a page, for the morning after.
+"""`batchgen report`: the morning-after view of a job, as a PNG and one self-contained HTML page.
 
-One PNG (matplotlib, Agg: no display needed on a cluster node) with four panels over wall-clock
-time since the job's first part: throughput per worker, rows committed per worker, prefix-cache hit
-rate per worker, error rows per worker. The HTML page inlines that PNG as base64 next to the
-summary and the per-worker and per-unit tables, so it is one file to copy or attach anywhere.
+What it reads, and why it stays fast on a job of millions of rows:
+- the output folder's state as `status` reads it: the part listing, one small stats file per part,
+  the workers' summaries, `_SUCCESS.json` (and the input's footers for row totals);
+- four small columns of every part (finish reason, error, prompt and output token counts; the text
+  columns are never read), plus the id column of parts holding error rows (rowfacts.py).
+
+The header (what ran, on what, how long, how it ended, what it cost) comes from the summaries
+(runfacts.py); the charts from the stats rows (timeline.py, charts.py); the tables from both.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from batchgen.io.layout import REPORT_HTML, REPORT_PNG
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
-from batchgen.ops.status import JobStatus, load_status
+from batchgen.ops import page
+from batchgen.ops.charts import render_png
+from batchgen.ops.rowfacts import SAMPLE_IDS, RowFacts, read_row_facts
+from batchgen.ops.runfacts import RunFacts, engine_starts, gather_run_facts
+from batchgen.ops.status import JobStatus, duration, load_status
+from batchgen.ops.timeline import Timeline, build_timeline
 
-# Panel titles, also listed in the page: what the chart shows, by name.
-PANELS = ("Throughput (rows/s)", "Rows committed", "Prefix-cache hit rate (%)", "Error rows (cumulative)")
-
-
-@dataclass
-class Series:
-    worker: str
-    t: list[float]  # seconds since the job's first part started, one entry per committed part
-    rate_t: list[float]  # bin centres of the throughput series
-    rows_per_second: list[float]
-    rows_cumulative: list[int]
-    cache_hit_pct: list[float]
-    errors_cumulative: list[int]
+UNITS_SHOWN, WORKERS_SHOWN, ERRORS_SHOWN = 500, 200, 20
 
 
 @dataclass
@@ -41,14 +35,27 @@ class Report:
     png: bytes
     html: str
     lines: list[str]
-    series: list[Series]
+    header: list[tuple[str, str]]
+    timeline: Timeline
+    rows: RowFacts
+    run: RunFacts
 
 
-def make_report(spec: JobSpec) -> Report:
+def make_report(spec: JobSpec, gpu_hour_price: float | None = None) -> Report:
     st, state = load_status(spec)
-    series, _ = build_series(state.stats)
-    png = render_png(series, f"batchgen: {st.job}")
-    return Report(png=png, html=render_html(st, png, series), lines=summary_lines(st), series=series)
+    run = gather_run_facts(spec, st, state, gpu_hour_price)
+    rows = read_row_facts(Store.open(spec.output.path, spec.output.storage),
+                          {(s["unit"], s["seq"]) for s in state.stats}, spec.input.id_column)
+    tl = build_timeline(state.stats, engine_starts(run))
+    png = render_png(tl, rows, f"batchgen: {st.job}")
+    header = header_rows(st, run, rows)
+    read = (f"{len(state.stats):,} stats rows and {sum(r.summary is not None for r in run.runs)} worker summaries; "
+            f"columns {', '.join(('finish_reason', 'error', 'prompt_tokens', 'output_tokens'))} of {rows.parts:,} parts "
+            f"({rows.rows:,} rows, {rows.read_bytes / 1e6:,.2f} MB of column data) in {rows.seconds:.2f} s, "
+            f"plus the id column of the parts holding error rows.")
+    html = page.render_page(f"batchgen report: {st.job}", header, png, _sections(st, run, rows), read)
+    lines = [f"{k:<14} {v}" for k, v in header] + [f"finish reasons {_finish_line(rows)}"]
+    return Report(png=png, html=html, lines=lines, header=header, timeline=tl, rows=rows, run=run)
 
 
 def save_report(spec: JobSpec, report: Report, out: str | None) -> list[str]:
@@ -65,126 +72,108 @@ def save_report(spec: JobSpec, report: Report, out: str | None) -> list[str]:
     return [str(folder / "report.png"), str(folder / "report.html")]
 
 
-def build_series(stats: list[dict[str, Any]]) -> tuple[list[Series], float | None]:
-    """Per-worker time series from the stats rows (parts without a commit time are left out)."""
-    timed = [s for s in stats if s["committed_at"] is not None]
-    if not timed:
-        return [], None
-    t0 = min(s["committed_at"] - (s["span_seconds"] or 0.0) for s in timed)
-    by_worker: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in sorted(timed, key=lambda s: s["committed_at"]):
-        by_worker[s["worker"]].append(s)
-    out = []
-    for worker, rows in sorted(by_worker.items()):
-        ser = Series(worker, [], [], [], [], [], [])
-        total = errors = 0
-        for s in rows:
-            total += s["rows"]
-            errors += s["errors"]
-            ser.t.append(s["committed_at"] - t0)
-            ser.rows_cumulative.append(total)
-            ser.cache_hit_pct.append(100.0 * (s["cache_hit_rate"] or 0.0))
-            ser.errors_cumulative.append(errors)
-        out.append(ser)
-    _bin_rates(out, by_worker, t0)
-    return out, t0
+# -- the header --------------------------------------------------------------------------------------
+
+def seconds(value: float | None) -> str:
+    """A duration as the summaries give it (seconds, one decimal), with minutes/hours when long."""
+    if value is None:
+        return "-"
+    return f"{value:,.1f} s" + (f" ({duration(value)})" if value >= 120 else "")
 
 
-def _bin_rates(series: list[Series], by_worker: dict[str, list[dict[str, Any]]], t0: float, bins: int = 24) -> None:
-    """Rows/s in equal time bins: per-part rates are noise (a final flush commits several parts at once)."""
-    end = max((max(s.t) for s in series if s.t), default=0.0)
-    n = max(1, min(bins, sum(len(s.t) for s in series) // 2))  # about two commits per bin: fewer empty bins
-    width = max(end / n, 1e-9)
-    def bin_of(t: float) -> int:
-        return max(0, min(int(t / width), n - 1))
-
-    for ser in series:
-        parts = by_worker[ser.worker]
-        counts = [0] * n
-        for s in parts:
-            counts[bin_of(s["committed_at"] - t0)] += s["rows"]
-        # Only while the worker was at work: zeros before it started or after it ended would read as stalls.
-        first = bin_of(parts[0]["committed_at"] - (parts[0]["span_seconds"] or 0.0) - t0)
-        last = bin_of(parts[-1]["committed_at"] - t0)
-        ser.rate_t = [(k + 0.5) * width for k in range(first, last + 1)]
-        ser.rows_per_second = [counts[k] / width for k in range(first, last + 1)]
+def amount(value: float) -> str:
+    """Hours and money: cents or tenths where large, four significant digits where small (a test job's cost)."""
+    return f"{value:,.2f}" if value >= 100 else f"{value:.4g}"
 
 
-def render_png(series: list[Series], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")  # before pyplot: no display on cluster nodes
-    import matplotlib.pyplot as plt
-
-    span = max((max(s.t) for s in series if s.t), default=0.0)
-    scale, unit = (1.0, "s") if span < 180 else ((60.0, "min") if span < 3 * 3600 else (3600.0, "h"))
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), dpi=100)
-    for ax, panel, field in zip(axes.flat, PANELS, ("rows_per_second", "rows_cumulative", "cache_hit_pct", "errors_cumulative")):
-        for s in series:
-            xs = s.rate_t if field == "rows_per_second" else s.t
-            ax.plot([x / scale for x in xs], getattr(s, field), marker="o", markersize=3, linewidth=1.5, label=s.worker)
-        ax.set_title(panel)
-        ax.set_xlabel(f"time since start ({unit})")
-        ax.grid(True, alpha=0.3)
-        ax.set_ylim(0, 100 if field == "cache_hit_pct" else max(ax.get_ylim()[1], 1))
-        ax.set_xlim(left=0)
-    if not series:
-        for ax in axes.flat:
-            ax.text(0.5, 0.5, "no committed parts yet", ha="center", va="center", transform=ax.transAxes)
-    else:
-        axes.flat[0].legend(title="worker", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def summary_lines(st: JobStatus) -> list[str]:
-    total_prompt = sum(w.prompt_tokens for w in st.workers)
+def header_rows(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str, str]]:
+    of_total = f" of {st.rows_total:,}" if st.rows_total is not None else ""
+    share = f" ({st.errors / st.rows:.2%})" if st.rows else ""
+    states = _worker_states([r for r in run.runs if not r.node])
+    when = f" at {_clock(run.finished_at)}" if run.finished_at else ""
+    rate, tok = run.rows_per_second, run.output_tokens_per_second
+    prompt = sum(w.prompt_tokens for w in st.workers)
     cached = sum(w.cached_tokens for w in st.workers)
     out_tokens = sum(w.output_tokens for w in st.workers)
-    of_total = f" of {st.rows_total:,}" if st.rows_total is not None else ""
-    wall = (st.last_commit - st.started) if st.started is not None and st.last_commit is not None else 0.0
+    leaves = [r for r in run.runs if not r.node]
+    kind = "GPU" if run.on_gpu else "device"
+    rows_out = [
+        ("job", st.job), ("output", st.output),
+        ("state", (f"complete{when}" if st.complete else "incomplete") + f" | {states}"),
+        ("model", run.model), ("engine", ", ".join(run.engines) or "-"),
+        ("device", f"{', '.join(run.devices) or '-'}; {len(leaves)} worker(s) x {run.devices_per_worker} "
+                   f"{'GPU' if run.on_gpu else 'device'}(s) each ({run.devices_how})"),
+        ("rows", f"{st.rows:,}{of_total} committed, {st.errors:,} error rows{share}"),
+        ("wall time", seconds(run.wall_seconds)), ("engine start", seconds(run.engine_start_seconds)),
+        ("generate", seconds(run.generate_seconds)),
+        ("throughput", f"{rate:,.2f} rows/s, {tok:,.1f} output tok/s while generating" if rate is not None else "-"),
+        ("tokens", f"prompt {prompt:,} ({cached / prompt if prompt else 0:.1%} from the prefix cache), output {out_tokens:,}"),
+        ("committed over", f"{seconds(st.last_commit - st.started) if st.started is not None and st.last_commit else '-'}"
+                           " from the first part's start to the last commit (time between runs included)"),
+        (f"{kind}-hours", f"{amount(run.device_hours)} = sum over workers of {kind}s x (wall time of the last run + "
+                          "time spent on parts committed by earlier runs, from their stats)"),
+    ]
+    cost = run.cost(out_tokens)
+    if cost is None:
+        rows_out.append(("cost", f"pass --gpu-hour-price to price the {kind}-hours"))
+    else:
+        per = f"${amount(cost[1])} per 1M output tokens" if cost[1] is not None else "no output tokens"
+        rows_out.append(("cost", f"${amount(cost[0])} at ${amount(run.gpu_hour_price)} per {kind}-hour; {per}"))
+    rows_out += [("note", n) for n in run.notes + st.notes]
+    return rows_out
+
+
+def _worker_states(runs: list, named: int = 4) -> str:
+    """Each worker's state, or with many workers how many are in each state (the workers table names them)."""
+    if not runs:
+        return "no worker has committed yet"
+    if len(runs) <= named:
+        return "; ".join(f"{r.worker} {r.state}" for r in runs)
+    counts = Counter(r.state for r in runs)
+    return f"{len(runs)} workers: " + "; ".join(f"{n} {state}" for state, n in counts.most_common())
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _finish_line(rows: RowFacts) -> str:
+    ok = sum(rows.finish.values())
+    parts = [f"{reason} {n:,} of {ok:,}" for reason, n in rows.finish.most_common()]
+    return "; ".join(parts) + (f"; {rows.error_rows:,} error rows" if rows.error_rows else "") if parts or rows.error_rows else "-"
+
+
+# -- the tables --------------------------------------------------------------------------------------
+
+def _sections(st: JobStatus, run: RunFacts, rows: RowFacts) -> list[tuple[str, str]]:
+    ok = sum(rows.finish.values())
+    finish = [[reason, f"{n:,}", f"{n / ok:.1%}", page.finish_meaning(reason)] for reason, n in rows.finish.most_common()]
+    kinds = sorted(rows.errors.values(), key=lambda e: -e.count)
+    errors = [[e.kind, f"{e.count:,}", ", ".join(e.ids) + (f" ({len(e.ids)} of {e.count:,})" if e.count > len(e.ids) else ""),
+               e.message, e.fix] for e in kinds]
+    by_worker = {w.worker: w for w in st.workers}
+    workers = [_worker_row(r, by_worker.get(r.worker)) for r in run.runs]
+    ordered = sorted(st.units, key=lambda u: (u.state == "done", u.unit))  # unfinished first: what one looks for
+    units = [[u.unit, f"{u.rows:,}" + (f"/{u.rows_total:,}" if u.rows_total is not None else ""), f"{u.errors:,}",
+              u.parts, u.state, ", ".join(u.workers)] for u in ordered]
     return [
-        f"job {st.job}: {'complete' if st.complete else 'incomplete'}; {st.rows:,}{of_total} rows committed, "
-        f"{st.errors:,} error rows ({st.errors / st.rows:.2%} of rows)" if st.rows else f"job {st.job}: no rows committed yet",
-        f"workers {len(st.workers)}, units {sum(u.state == 'done' for u in st.units)}/{len(st.units)} done, "
-        f"parts {sum(w.parts for w in st.workers):,}",
-        f"throughput {st.rows_per_second:,.2f} rows/s, {out_tokens / wall if wall else 0:,.1f} output tok/s over {wall:,.0f}s",
-        f"tokens prompt {total_prompt:,}, cached {cached:,} (prefix-cache hit rate {cached / total_prompt if total_prompt else 0:.1%}), "
-        f"output {out_tokens:,}",
+        ("Finish reasons", page.paragraph(f"First completion of each of the {ok:,} rows without error.")
+         + page.table(["reason", "rows", "share", "meaning"], finish, what="finished rows", text_columns=(3,))),
+        ("Errors", page.table(["kind", "rows", f"sample ids (up to {SAMPLE_IDS})", "first message", "fix"], errors,
+                              limit=ERRORS_SHOWN, what="kinds of error", more=", the most frequent first",
+                              text_columns=(2, 3, 4))),
+        ("Workers", page.table(["worker", "state", "rows", "errors", "parts", "rows/s", "out tok/s", "cache hit", "wall",
+                                "engine start", "generate", "device", "devices", "device time"], workers,
+                               limit=WORKERS_SHOWN, what="workers")),
+        ("Work units", page.table(["unit", "rows", "errors", "parts", "state", "workers"], units, limit=UNITS_SHOWN,
+                                  what="work units", more=", unfinished first (`batchgen status --all` lists every unit)")),
     ]
 
 
-def render_html(st: JobStatus, png: bytes, series: list[Series]) -> str:
-    esc = html.escape
-    workers = [[w.worker, f"{w.rows:,}", f"{w.errors:,}", w.parts, f"{w.rows_per_second:,.2f}",
-                f"{w.output_tokens_per_second:,.1f}", f"{w.cache_hit_rate:.1%}", w.state] for w in st.workers]
-    units = [[u.unit, f"{u.rows:,}" + (f"/{u.rows_total:,}" if u.rows_total is not None else ""), f"{u.errors:,}",
-              u.parts, u.state, ", ".join(u.workers)] for u in st.units[:500]]
-    names = "".join(f"<li>{esc(p)}: {', '.join(esc(s.worker) for s in series) or 'no data'}</li>" for p in PANELS)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>batchgen report: {esc(st.job)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
-img {{ max-width: 100%; border: 1px solid #ddd; }}
-</style></head><body>
-<h1>batchgen report: {esc(st.job)}</h1>
-<p>{"<br>".join(esc(line) for line in summary_lines(st))}<br>output: {esc(st.output)}</p>
-<img alt="batchgen charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">
-<h2>Series</h2><ul class="series">{names}</ul>
-<h2>Workers</h2>{_table(["worker", "rows", "errors", "parts", "rows/s", "out tok/s", "cache hit", "state"], workers)}
-<h2>Work units</h2>{_table(["unit", "rows", "errors", "parts", "state", "workers"], units)}
-</body></html>
-"""
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
+def _worker_row(r, w) -> list:
+    s = r.summary or {}
+    busy = [f"{w.rows:,}", f"{w.errors:,}", w.parts, f"{w.rows_per_second:,.2f}", f"{w.output_tokens_per_second:,.1f}",
+            f"{w.cache_hit_rate:.1%}"] if w else ["-"] * 6
+    return [r.worker, "node (its engines are listed as workers)" if r.node else r.state, *busy,
+            seconds(s.get("wall_seconds")), seconds(s.get("engine_start_seconds")), seconds(s.get("generate_seconds")),
+            s.get("device", "-"), "-" if r.node else r.devices, "-" if r.node else seconds(r.device_seconds)]

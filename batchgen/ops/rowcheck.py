@@ -83,6 +83,11 @@ def classify(error: str) -> tuple[str, str]:
     return "row", "see the message"
 
 
+def message_shape(error: str) -> str:
+    """An error message with its numbers and quoted values (ids, lengths, rows) blanked: one kind of problem."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", error)
+
+
 def scan_rows(spec: JobSpec, source: InputFiles, units: Sequence[Unit], renderer: Renderer | None,
               sample_rows: int | None) -> RowScan:
     """Render (and tokenize) the rows of `units`; hash every id. `sample_rows` caps rendering per unit.
@@ -116,8 +121,7 @@ def _note_requests(scan: RowScan, shard: str, reqs: Iterable[Any]) -> None:
             scan.longest_prompt = max(scan.longest_prompt, len(req.token_ids))
             continue
         kind, fix = classify(req.error)
-        # One issue per kind of message: numbers and quoted values (ids, lengths, rows) do not split it.
-        shape = re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "_", req.error)
+        shape = message_shape(req.error)  # one issue per kind of message
         issue = scan.issues.setdefault((kind, shard, shape), RowIssue(kind=kind, shard=shard, message=req.error, fix=fix))
         issue.count += 1
         tokens = re.match(r"prompt has (\d+) tokens", req.error)

@@ -172,7 +172,7 @@ def _worker_state(w: WorkerStatus, state: OutputState, every_seconds: float, now
     # Commits come every `every_seconds` at most (sooner when every_rows fill first).
     if quiet <= 2 * every_seconds + 30:
         return "running"
-    return f"no commit for {_duration(quiet)}: killed or stuck? (rerun to resume)"
+    return f"no commit for {duration(quiet)}: killed or stuck? (rerun to resume)"
 
 
 # -- text ------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def render_text(st: JobStatus, all_units: bool = False, shown: int = 30) -> list
     if st.last_commit is not None:
         lines.append(f"  last commit  {_when(st.last_commit, st.now)}")
     if st.rows_per_second:
-        eta = f", eta {_duration(st.eta_seconds)}" if st.eta_seconds is not None else ""
+        eta = f", eta {duration(st.eta_seconds)}" if st.eta_seconds is not None else ""
         lines.append(f"  throughput   {st.rows_per_second:,.2f} rows/s over the job{eta}")
     lines += [f"  note: {n}" for n in st.notes]
     if st.workers:
@@ -221,10 +221,10 @@ def _row(name: str, *cols: object, numeric: int, width: int = 20) -> str:
 
 
 def _when(ts: float, now: float) -> str:
-    return f"{datetime.fromtimestamp(ts).strftime('%Y-%m-%d %H:%M:%S')} ({_duration(max(now - ts, 0))} ago)"
+    return f"{datetime.fromtimestamp(ts).strftime('%Y-%m-%d %H:%M:%S')} ({duration(max(now - ts, 0))} ago)"
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)

@@ -32,7 +32,8 @@ class PartSink:
     compression: str
     worker: str
     job_fingerprint: str
-    on_part: Callable[[str, int, list[OutputRow]], None] | None = None  # extra files per part (OpenAI JSONL)
+    # Extra files and metrics per part (OpenAI JSONL): unit, seq, its rows, parts still queued behind it.
+    on_part: Callable[[str, int, list[OutputRow], int], None] | None = None
 
 
 class Committer:
@@ -138,6 +139,6 @@ class Committer:
         self._last = now
         self.ledger.store.put(stats_path(unit, seq), stats)
         if s.on_part:
-            s.on_part(unit, seq, fresh)
+            s.on_part(unit, seq, fresh, self.backlog)
         self.committed = self.committed.merge(counters)
         self.parts += 1

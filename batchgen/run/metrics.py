@@ -1,8 +1,8 @@
-"""Prometheus metrics of one worker: the node_exporter textfile format, written or pushed.
+"""Prometheus metrics of one worker, through prometheus_client: a textfile written, or a Pushgateway push.
 
 Batch jobs are not scraped while they run the way servers are; the conventions for them are a
 `.prom` file that node_exporter's textfile collector picks up, or a push to a Pushgateway. Both get
-the same text, refreshed at every commit and at the end. A monitoring hiccup never fails the job:
+the same registry, refreshed at every commit and at the end. A monitoring hiccup never fails the job:
 failures are logged (at most once a minute) and the run goes on.
 """
 
@@ -11,113 +11,90 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest, push_to_gateway, write_to_textfile
 
 from batchgen.run.stats import Counters
 
 log = logging.getLogger("batchgen")
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _RETRY_AFTER_FAILURE = 60.0
-
-# name -> (type, help)
-_METRICS: dict[str, tuple[str, str]] = {
-    "batchgen_rows_share": ("gauge", "Rows in this worker's share of the job."),
-    "batchgen_rows_done": ("gauge", "Rows of this worker's share committed so far, earlier runs included."),
-    "batchgen_rows_generated_total": ("counter", "Rows committed by this run."),
-    "batchgen_errors_total": ("counter", "Error rows committed by this run."),
-    "batchgen_prompt_tokens_total": ("counter", "Prompt tokens of the rows committed by this run."),
-    "batchgen_cached_tokens_total": ("counter", "Prompt tokens served from the prefix cache."),
-    "batchgen_output_tokens_total": ("counter", "Generated tokens of the rows committed by this run."),
-    "batchgen_prefix_cache_hit_ratio": ("gauge", "Cached prompt tokens / prompt tokens in this run."),
-    "batchgen_rows_per_second": ("gauge", "Rows committed per second since this run started."),
-    "batchgen_output_tokens_per_second": ("gauge", "Output tokens committed per second since this run started."),
-    "batchgen_last_commit_timestamp_seconds": ("gauge", "Unix time of this worker's last commit (0: none yet)."),
-    "batchgen_running": ("gauge", "1 while this worker runs, 0 once it stopped."),
-    "batchgen_job_complete": ("gauge", "1 once the whole job is committed (_SUCCESS.json written)."),
-}
+# A `_created` sample per counter is noise for a batch job (its start is batchgen_running's first push).
+disable_created_metrics()
+# The labels are `job_name` and `worker`, not `job`/`instance`: those belong to the scrape target
+# (node_exporter) or the Pushgateway's grouping key, and a clash makes the Pushgateway refuse the push.
+LABELS = ("job_name", "worker")
+PUSH_JOB = "batchgen"
 
 
-@dataclass
 class WorkerMetrics:
-    """What a worker reports; `counters` cover this run only (counters reset with the process)."""
+    """What a worker reports, in its own registry; counters cover this run only (they reset with the process)."""
 
-    job: str
-    worker: str
-    rows_share: int
-    rows_skipped: int
-    started: float = field(default_factory=time.time)
-    counters: Counters = field(default_factory=Counters)
-    last_commit: float = 0.0
-    running: bool = True
-    complete: bool = False
+    def __init__(self, job: str, worker: str, rows_share: int, rows_skipped: int, *,
+                 clock: Callable[[], float] = time.time):
+        self.worker, self.clock = worker, clock
+        self.started = clock()
+        self.counters = Counters()  # this run's totals, for the ratios below
+        self.registry = CollectorRegistry()
+        labels = {"job_name": job, "worker": worker}
 
-    def values(self, now: float | None = None) -> dict[str, float]:
-        c = self.counters
-        elapsed = max((now or time.time()) - self.started, 1e-9)
-        return {
-            "batchgen_rows_share": self.rows_share,
-            "batchgen_rows_done": self.rows_skipped + c.rows,
-            "batchgen_rows_generated_total": c.rows,
-            "batchgen_errors_total": c.errors,
-            "batchgen_prompt_tokens_total": c.prompt_tokens,
-            "batchgen_cached_tokens_total": c.cached_tokens,
-            "batchgen_output_tokens_total": c.output_tokens,
-            "batchgen_prefix_cache_hit_ratio": c.cache_hit_rate,
-            "batchgen_rows_per_second": c.rows / elapsed,
-            "batchgen_output_tokens_per_second": c.output_tokens / elapsed,
-            "batchgen_last_commit_timestamp_seconds": self.last_commit,
-            "batchgen_running": int(self.running),
-            "batchgen_job_complete": int(self.complete),
-        }
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, LABELS, registry=self.registry).labels(**labels)
 
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, LABELS, registry=self.registry).labels(**labels)
 
-def render(m: WorkerMetrics, now: float | None = None) -> str:
-    """The Prometheus text exposition format (0.0.4), one sample per metric.
+        gauge("batchgen_rows_share", "Rows in this worker's share of the job.").set(rows_share)
+        self.rows_done = gauge("batchgen_rows_done", "Rows of this worker's share committed so far, earlier runs included.")
+        self.rows_done.set(rows_skipped)
+        self.rows = counter("batchgen_rows_generated_total", "Rows committed by this run.")
+        self.errors = counter("batchgen_errors_total", "Error rows committed by this run.")
+        self.prompt_tokens = counter("batchgen_prompt_tokens_total", "Prompt tokens of the rows committed by this run.")
+        self.cached_tokens = counter("batchgen_cached_tokens_total", "Prompt tokens served from the prefix cache.")
+        self.output_tokens = counter("batchgen_output_tokens_total", "Generated tokens of the rows committed by this run.")
+        # Ratios are computed when the registry is collected (written or pushed), from this run's totals.
+        gauge("batchgen_prefix_cache_hit_ratio", "Cached prompt tokens / prompt tokens in this run.").set_function(
+            lambda: self.counters.cache_hit_rate)
+        gauge("batchgen_rows_per_second", "Rows committed per second since this run started.").set_function(
+            lambda: self.counters.rows / self._elapsed())
+        gauge("batchgen_output_tokens_per_second", "Output tokens committed per second since this run started.").set_function(
+            lambda: self.counters.output_tokens / self._elapsed())
+        self.upload_backlog = gauge("batchgen_upload_backlog_parts",
+                                    "Parts finished by generation and waiting to be written, at the last commit.")
+        self.last_commit = gauge("batchgen_last_commit_timestamp_seconds", "Unix time of this worker's last commit (0: none yet).")
+        self.running = gauge("batchgen_running", "1 while this worker runs, 0 once it stopped.")
+        self.running.set(1)
+        self.complete = gauge("batchgen_job_complete", "1 once the whole job is committed (_SUCCESS.json written).")
 
-    The labels are `job_name` and `worker`, not `job`/`instance`: those belong to the scrape target
-    (node_exporter) or the Pushgateway's grouping key, and a clash makes the Pushgateway refuse the push.
-    """
-    labels = f'job_name="{_escape(m.job)}",worker="{_escape(m.worker)}"'
-    lines = []
-    for name, value in m.values(now).items():
-        kind, help_text = _METRICS[name]
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {_number(value)}"]
-    return "\n".join(lines) + "\n"
+    def _elapsed(self) -> float:
+        return max(self.clock() - self.started, 1e-9)
 
+    def committed(self, part: Counters, backlog: int) -> None:
+        """A part was committed: its rows and tokens, and the parts still queued behind it."""
+        self.counters = self.counters.merge(part)
+        self.rows_done.inc(part.rows)
+        for metric, value in ((self.rows, part.rows), (self.errors, part.errors), (self.prompt_tokens, part.prompt_tokens),
+                              (self.cached_tokens, part.cached_tokens), (self.output_tokens, part.output_tokens)):
+            metric.inc(value)
+        self.upload_backlog.set(backlog)
+        self.last_commit.set(self.clock())
 
-def write_textfile(path: str, text: str) -> None:
-    """Replace `path` atomically: node_exporter must never read a half-written file.
-
-    The temporary name does not end in .prom, so the collector ignores it while it is written.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    def stopped(self, complete: bool) -> None:
+        self.running.set(0)
+        self.complete.set(int(complete))
+        self.upload_backlog.set(0)
 
 
-def push_url(gateway: str, worker: str) -> str:
-    return f"{gateway.rstrip('/')}/metrics/job/batchgen/instance/{urllib.parse.quote(worker, safe='')}"
-
-
-def push(gateway: str, worker: str, text: str, timeout: float = 5.0) -> None:
-    """PUT replaces this worker's whole group, so a metric that disappears does not linger."""
-    req = urllib.request.Request(push_url(gateway, worker), data=text.encode(), method="PUT",
-                                 headers={"Content-Type": CONTENT_TYPE})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        resp.read()
+def render(m: WorkerMetrics) -> str:
+    """The Prometheus text exposition format, as written to the textfile and pushed."""
+    return generate_latest(m.registry).decode()
 
 
 class MetricsSink:
     """Where a worker's metrics go (textfile and/or Pushgateway), tolerant of monitoring outages."""
 
-    def __init__(self, textfile: str | None, pushgateway: str | None):
-        self.textfile, self.pushgateway = textfile, pushgateway
+    def __init__(self, textfile: str | None, pushgateway: str | None, timeout: float = 5.0):
+        self.textfile, self.pushgateway, self.timeout = textfile, pushgateway, timeout
         self._quiet_until = 0.0
 
     @property
@@ -129,22 +106,16 @@ class MetricsSink:
         now = time.time()
         if not self.enabled or (not final and now < self._quiet_until):
             return
-        text = render(m, now)
         try:
             if self.textfile:
-                write_textfile(self.textfile, text)
+                # The temporary file (same folder, name not ending in .prom) is renamed over the old one:
+                # node_exporter never reads a half-written file.
+                os.makedirs(os.path.dirname(os.path.abspath(self.textfile)), exist_ok=True)
+                write_to_textfile(self.textfile, m.registry)
             if self.pushgateway:
-                push(self.pushgateway, m.worker, text)
-        except (OSError, urllib.error.URLError) as e:
+                # PUT replaces this worker's whole group, so a metric that disappears does not linger.
+                push_to_gateway(self.pushgateway.rstrip("/"), job=PUSH_JOB, registry=m.registry,
+                                grouping_key={"instance": m.worker}, timeout=self.timeout)
+        except OSError as e:  # urllib's URLError/HTTPError are OSErrors
             self._quiet_until = now + _RETRY_AFTER_FAILURE
             log.warning("metrics not published (%s); the job goes on, next try in %.0fs", e, _RETRY_AFTER_FAILURE)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))

@@ -37,15 +37,15 @@ class RunObserver:
         self._lock = threading.Lock()
         self.sink.publish(self.metrics)
 
-    def on_part(self, unit: str, seq: int, rows: list[OutputRow]) -> None:
-        """Called by the committer once part `seq` of `unit` is committed (its writer thread)."""
+    def on_part(self, unit: str, seq: int, rows: list[OutputRow], backlog: int = 0) -> None:
+        """Called by the committer once part `seq` of `unit` is committed (its writer thread), with the
+        number of parts still queued behind it."""
         if self.spec.output.openai_batch_jsonl:
             self._write_openai(unit, seq, [_as_dict(r, self.spec.input.id_column) for r in sorted(rows, key=lambda r: r.row_index)])
+        counters = Counters()
+        counters.add_rows(rows)
         with self._lock:
-            counters = Counters()
-            counters.add_rows(rows)
-            self.metrics.counters = self.metrics.counters.merge(counters)
-            self.metrics.last_commit = time.time()
+            self.metrics.committed(counters, backlog)
             self.sink.publish(self.metrics)
 
     def finish(self, summary: Summary, repair: bool = True) -> None:
@@ -53,8 +53,7 @@ class RunObserver:
         if repair and self.spec.output.openai_batch_jsonl:
             self._repair_openai()
         with self._lock:
-            self.metrics.running = False
-            self.metrics.complete = summary.complete
+            self.metrics.stopped(summary.complete)
             self.sink.publish(self.metrics, final=True)
 
     def _write_openai(self, unit: str, seq: int, rows: list[dict[str, Any]]) -> None:

@@ -3,24 +3,31 @@ nothing written but the manifest of a first run.
 
     inputs (shards, footers, columns) -> the plan (recorded by the first run) -> this worker's units
     -> tokenizer and engine option names -> the manifest check -> what is committed already
+    (and what killed runs left behind: temp files, parts without their stats row)
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from batchgen.io.layout import STATS, TMP, parse_part, part_path, stats_path
+from batchgen.io.leftovers import remove_stale_temp
 from batchgen.io.parts import output_schema
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
 from batchgen.run.committer import PartSink
 from batchgen.run.observers import RunObserver
+from batchgen.run.stats import stats_bytes, stats_from_part
 from batchgen.run.tokenizer import load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import check_job_manifest, recorded_plan
 from batchgen.work.plan import plan_job
 from batchgen.work.ranks import assign
+
+log = logging.getLogger("batchgen")
 
 
 @dataclass
@@ -56,8 +63,12 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
     check_job_manifest(store, spec, force, plan.rule)
+    removed = remove_stale_temp(store)
+    if removed:
+        log.info("removed %d temp file(s) that killed runs left in %s", len(removed), store.where(TMP))
     ledger = Ledger(store, mine)
     ledger.load()
+    repair_stats(store, ledger)
     total = sum(u.rows for u in mine)
     observer = RunObserver(spec, store, worker, total, total - ledger.remaining())
     sink = PartSink(schema=output_schema(spec, schema), id_column=spec.input.id_column,
@@ -65,3 +76,18 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
                     on_part=observer.on_part)
     return Prepared(all_units=plan.units, units=mine, input=source, store=store, ledger=ledger, sink=sink,
                     tokenizer=tokenizer, observer=observer)
+
+
+def repair_stats(store: Store, ledger: Ledger) -> int:
+    """Write the stats row of each loaded part that has none (its worker was killed between the part and
+    its stats), derived from the part, so `status`, `report` and summaries count every committed row.
+    Create-if-absent: a live writer's own stats file, written first or later, is never replaced by ours."""
+    have = {p for p in map(parse_part, store.listdir(STATS)) if p}
+    missing = [p for p in ledger.loaded if p not in have]
+    for unit, seq in missing:
+        row = stats_from_part(store.read_bytes(part_path(unit, seq)), unit, seq)
+        store.create_exclusive(stats_path(unit, seq), stats_bytes(row))
+    if missing:
+        log.info("wrote the missing stats row of %d part(s) (a run was killed between a part and its stats): %s",
+                 len(missing), ", ".join(f"{u}.{s:06d}" for u, s in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return len(missing)

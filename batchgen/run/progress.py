@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 from typing import TextIO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from batchgen.job.spec import JobSpec
 from batchgen.run.timeline import Timeline
+
+# Loggers whose lines would cut through the bar: ours (they reach the root logger's handler) and vLLM's
+# (its own handler, on stdout by default: the same terminal as the bar on stderr).
+BAR_LOGGERS = ("", "vllm")
+
+
+def _console_loggers() -> list[logging.Logger]:
+    """Those of BAR_LOGGERS that write to the terminal themselves (tqdm then writes their lines above the bar)."""
+    def console(h: logging.Handler) -> bool:
+        return isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+
+    loggers = [logging.getLogger(name or None) for name in BAR_LOGGERS]
+    return [lg for lg in loggers if any(console(h) for h in lg.handlers)]
 
 
 class Progress:
@@ -22,6 +38,10 @@ class Progress:
         self.rows = self.out_tokens = self.errors = 0
         self.timeline = Timeline()
         self._bar = tqdm(total=total, desc=label, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1) if mode == "bar" else None
+        # While the bar is up, log lines are written above it (tqdm clears and redraws it), not into it.
+        self._redirect = contextlib.ExitStack()
+        if self._bar is not None and (loggers := _console_loggers()):
+            self._redirect.enter_context(logging_redirect_tqdm(loggers))
 
     @classmethod
     def for_job(cls, spec: JobSpec, total: int) -> Progress:
@@ -52,5 +72,6 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._redirect.close()
         elif self.mode == "lines":
             self.line()

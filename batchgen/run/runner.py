@@ -17,6 +17,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from batchgen.engine import Engine, start_engine
@@ -33,6 +34,7 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
+from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.lease import LeaseBook
 from batchgen.work.ledger import Ledger
@@ -50,6 +52,9 @@ class RunOptions:
     engine_factory: Callable[[JobSpec], Engine] = start_engine
     # Take units one at a time under leases (an engine of a node; always on for runtime.elastic).
     claim: bool = False
+    # This host's folder for the worker's lock and its engine processes' record (run.worklock); with it,
+    # a watchdog ends the engine's processes if this one dies. None (library use): neither.
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -68,6 +73,7 @@ class Runner:
     def __init__(self, spec: JobSpec, opts: RunOptions | None = None):
         self.spec, self.opts = spec, opts or RunOptions()
         self.stop = signals.StopNotice(spec.runtime.grace_seconds)
+        self.lock = WorkerLock(guard=False)
 
     def prepare(self) -> Prepared:
         o = self.opts
@@ -77,6 +83,14 @@ class Runner:
     def run(self, prep: Prepared | None = None) -> Summary:
         t_start = time.monotonic()
         prep = prep or self.prepare()
+        store = prep.store
+        self.lock = WorkerLock.take(self.opts.state_dir, store.root if store.is_local else store.url, self.opts.worker)
+        try:
+            return self._run(prep, t_start)
+        finally:
+            self.lock.release()
+
+    def _run(self, prep: Prepared, t_start: float) -> Summary:
         spec = self.spec
         summary = Summary.begin(spec, self.opts.worker, prep.units, prep.skipped)
         if prep.ledger.remaining() == 0:
@@ -223,6 +237,7 @@ class Runner:
             os._exit(EXIT_INTERRUPTED)
 
         with signals.handling(stop_now):
+            self.lock.watch()  # the engine's processes die with this one, even by SIGKILL
             return self.opts.engine_factory(self.spec)
 
     # -- after ---------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchgen.io.parts import OutputRow
+from batchgen.io.parts import OutputRow, read_meta
 from batchgen.io.shards import Unit
 from batchgen.job.spec import JobSpec
 
@@ -50,9 +51,27 @@ STATS_SCHEMA = pa.schema([
 def part_stats_bytes(unit: str, seq: int, worker: str, counters: Counters, span: float, upload: float, backlog: int) -> bytes:
     row = {"unit": unit, "seq": seq, "worker": worker, "committed_at": time.time(), **asdict(counters),
            "cache_hit_rate": counters.cache_hit_rate, "span_seconds": span, "upload_seconds": upload, "upload_backlog": backlog}
+    return stats_bytes(row)
+
+
+def stats_bytes(row: dict[str, Any]) -> bytes:
+    """A stats file: one STATS_SCHEMA row as Parquet."""
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([row], schema=STATS_SCHEMA), buf)
     return buf.getvalue()
+
+
+def stats_from_part(data: bytes, unit: str, seq: int) -> dict[str, Any]:
+    """The stats row of a part, rebuilt from the part's bytes: for a part whose worker was killed before
+    it wrote the stats file. Commit time, span and upload figures were lost with the worker (null)."""
+    table = pq.read_table(io.BytesIO(data), columns=["prompt_tokens", "cached_tokens", "output_tokens", "error"],
+                          use_threads=False)
+    sums = {c: int(pc.sum(table.column(c)).as_py() or 0) for c in ("prompt_tokens", "cached_tokens", "output_tokens")}
+    row: dict[str, Any] = {f.name: None for f in STATS_SCHEMA}
+    row.update(unit=unit, seq=seq, worker=read_meta(data).get("worker", "?"), rows=table.num_rows,
+               errors=table.num_rows - table.column("error").null_count, **sums,
+               cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
+    return row
 
 
 @dataclass

@@ -42,6 +42,7 @@ class Ledger:
         self.store = store
         self.units = {u.key: UnitState(u, np.zeros(max(u.rows, 0), dtype=bool)) for u in units}
         self.lock = threading.Lock()
+        self.loaded: list[tuple[str, int]] = []  # (unit, seq) of the parts the last load() read
 
     def load(self) -> None:
         """Read every committed part of our units (one listing; foreign files are ignored)."""
@@ -52,6 +53,7 @@ class Ledger:
         for key, seqs in by_unit.items():
             for seq in sorted(seqs):
                 self._absorb(key, seq)
+        self.loaded = sorted((key, seq) for key, seqs in by_unit.items() for seq in seqs)
 
     def _absorb(self, key: str, seq: int) -> bytes:
         state = self.units[key]
