@@ -92,6 +92,15 @@ def _rank(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int, str
     return rank_from_environment(os.environ)
 
 
+def _with_model_cache(spec: JobSpec) -> JobSpec:
+    """runtime.model_cache defaults to the user's cache folder (env vars are read here, not in the library)."""
+    if spec.runtime.model_cache is None:
+        base = os.environ.get("BATCHGEN_CACHE") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batchgen")
+        spec.runtime.model_cache = os.path.join(base, "models")
+    return spec
+
+
 def _fail(err: BatchgenError) -> None:
     typer.echo(f"batchgen: error: {err.render()}", err=True)
     raise typer.Exit(err.exit_code)
@@ -162,7 +171,7 @@ def run(
     vllm_log_level = _setup_logging(verbose)
     flags = flags or {}
     try:
-        spec = load_job(job, flags, sets)
+        spec = _with_model_cache(load_job(job, flags, sets))
         r, w, source = _rank(rank, world_size)
         worker = worker_id or f"{socket.gethostname()}-r{r}"
         logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
@@ -256,7 +265,7 @@ def validate_cmd(
     from batchgen.ops.validate import render_text, spec_problem, validate_job
 
     try:
-        spec = load_job(job, flags, sets)
+        spec = _with_model_cache(load_job(job, flags, sets))
     except BatchgenError as e:
         result = spec_problem(e)
     else:

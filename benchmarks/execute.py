@@ -129,6 +129,8 @@ def _raw_result(m: Method, folder: Path) -> dict:
 
 # -- vLLM's run_batch -----------------------------------------------------------------------------
 def _run_batch_command(m: Method, setup: Setup, folder: Path, reference: dict | None) -> list[str]:
+    if setup.requests is None:
+        raise ValueError(f"run_batch is not measured on the structured workload {setup.workload.name}: pick other methods")
     engine = opts.tuned_engine(reference, setup.engine) if m.tuned else setup.engine
     return [sys.executable, "-m", "benchmarks.runbatch", str(folder / "result.json"),
             "-i", str(setup.requests), "-o", str(folder / "out.jsonl"), "--model", str(setup.model),

@@ -53,7 +53,7 @@ class Setup:
     workload: Workload
     model: Path
     prompts: Path
-    requests: Path  # the prompts as an OpenAI batch requests file (run_batch)
+    requests: Path | None  # the prompts as an OpenAI batch requests file (run_batch); None for structured workloads
     work: Path
     engine: dict  # vLLM engine options for every method (job `model:` section; the raw loop's LLM(...))
     batchgen_sets: list[str] = field(default_factory=list)  # `--set` overrides for every batchgen method

@@ -42,7 +42,7 @@ def run(cfg: dict, result_path: Path) -> dict:
     engine_start = time.monotonic() - t0
     table = pq.read_table(cfg["prompts"], columns=["id", "prompt"]).to_pydict()
     prompts, ids = table["prompt"], table["id"]
-    params = raw_params(cfg["sampling"], cfg["max_tokens"], ids)
+    params = raw_params(cfg["sampling"], cfg["max_tokens"], ids, llm)
     result = {"engine_start_s": engine_start, "vllm_version": vllm.__version__, "device": _device(),
               "engine_options": effective_options(llm.llm_engine.vllm_config), "calls": []}
     for k, call in enumerate(cfg["calls"]):
@@ -57,6 +57,24 @@ def run(cfg: dict, result_path: Path) -> dict:
         })
         result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def structured_options(sampling: dict, llm) -> dict:
+    """The SamplingParams a user writes by hand for a structured workload (job `sampling` keys, as batchgen's):
+    a choice or JSON schema, and for label scores the logprobs of the tokens that begin each choice."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    st = sampling.get("structured")
+    if not st:
+        return {}
+    kind, value = next(iter(st.items()))
+    out = {"structured_outputs": StructuredOutputsParams(**{"json" if kind == "json_schema" else kind: value})}
+    if sampling.get("choice_scores"):  # the same token ids batchgen asks for (computed before the timed loop)
+        from batchgen.engine.choices import ChoiceTokens
+
+        vocab = llm.llm_engine.vllm_config.model_config.get_vocab_size()
+        out["logprob_token_ids"] = ChoiceTokens.for_tokenizer(llm.get_tokenizer(), vocab).ids(value)
+    return out
 
 
 def _device() -> str:

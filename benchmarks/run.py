@@ -84,10 +84,19 @@ def prepare(args: argparse.Namespace, name: str) -> Setup:
 
         tiny_from = ensure_tiny_model(ROOT / ".cache" / "models")
     wl = select(name, rows=args.rows, tiny_from=tiny_from)
-    model = write_model_folder(wl.shape, args.work / "models" / wl.shape.name)
     data = args.work / "data" / f"{wl.name}-{wl.shape.name}-{wl.rows}"
-    prompts = write_prompts(wl, data.with_suffix(".parquet"))
-    return Setup(workload=wl, model=model, prompts=prompts, requests=write_requests(wl, prompts, model, data.with_suffix(".jsonl")),
+    if wl.tokenizer == "bpe":  # structured workloads: a tokenizer that can write JSON (benchmarks/structured_bench.py)
+        from benchmarks.structured_bench import write_bpe_model_folder, write_bpe_prompts
+
+        model = write_bpe_model_folder(wl.shape, args.work / "models" / f"{wl.shape.name}-bpe")
+        prompts = write_bpe_prompts(wl, model, data.with_suffix(".parquet"))
+    else:
+        model = write_model_folder(wl.shape, args.work / "models" / wl.shape.name)
+        prompts = write_prompts(wl, data.with_suffix(".parquet"))
+    # run_batch is not measured on structured workloads (label scores have no OpenAI equivalent; the BPE
+    # folders carry no chat template).
+    requests = None if wl.tokenizer == "bpe" else write_requests(wl, prompts, model, data.with_suffix(".jsonl"))
+    return Setup(workload=wl, model=model, prompts=prompts, requests=requests,
                  work=args.work / "runs" / args.out.name, engine=engine_options(args, wl), batchgen_sets=list(args.sets))
 
 

@@ -62,7 +62,10 @@ class Workload:
     prefixes: int = 1  # distinct shared prefixes, assigned round-robin
     shuffle: bool = False  # rows in random order (else rows sharing a prefix are adjacent)
     note: str = ""
-    sampling: dict = dataclasses.field(default_factory=dict)  # job `sampling:` keys, e.g. {"temperature": 0.8, "n": 4}
+    # Job `sampling:` keys, e.g. {"temperature": 0.8, "n": 4}. Structured workloads (a `structured` key): their
+    # output_tokens is max_tokens, not a fixed length: the grammar ends a completion.
+    sampling: dict = dataclasses.field(default_factory=dict)
+    tokenizer: str = "words"  # "words": w<i> = token i (synth.py); "bpe": byte-level BPE, which JSON needs (structured_bench.py)
 
     @property
     def temperature(self) -> float:
@@ -91,6 +94,16 @@ WORKLOADS: dict[str, Workload] = {
                     sampling={"temperature": 0.8}, note="S at temperature 0.8, a seed per row"),
     "SYN": Workload("SYN", SMALL_06B, rows=2500, prompt_tokens=256, output_tokens=128,
                     sampling={"temperature": 0.8, "n": 4}, note="S with n=4 at temperature 0.8, a seed per row (synthetic data)"),
+    # jobs/label.yaml's shape: a shared instruction, a short text, one of three labels with their scores.
+    "CH": Workload("CH", LLAMA_8B, rows=4000, prompt_tokens=320, output_tokens=8, prefix_tokens=192, tokenizer="bpe",
+                   sampling={"structured": {"choice": ["positive", "negative", "mixed"]}, "choice_scores": True},
+                   note="8B shape, 320 in (192 shared), choice of 3 labels + label scores, max 8 out"),
+    "JS": Workload("JS", LLAMA_8B, rows=1000, prompt_tokens=256, output_tokens=320, prefix_tokens=128, tokenizer="bpe",
+                   sampling={"structured": {"json_schema": {
+                       "type": "object", "additionalProperties": False, "required": ["question", "answer", "difficulty"],
+                       "properties": {"question": {"type": "string", "maxLength": 100}, "answer": {"type": "string", "maxLength": 150},
+                                      "difficulty": {"enum": ["medium", "hard", "very hard"]}}}}},
+                   note="8B shape, 256 in (128 shared), JSON question/answer schema, max 320 out"),
 }
 
 # Token lengths are divided by this in --tiny mode (the CPU build of vLLM on batchgen's tiny model).
@@ -114,8 +127,10 @@ def select(name: str, *, rows: int | None = None, tiny_from: Path | None = None)
         raise SystemExit(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}") from None
     if tiny_from is not None:
         d = TINY_DIVISOR
+        # A structured workload's output_tokens is a cap its labels or JSON must fit in: kept.
+        out = wl.output_tokens if wl.sampling else max(wl.output_tokens // d, 4)
         wl = dataclasses.replace(wl, shape=tiny_shape(tiny_from), prompt_tokens=max(wl.prompt_tokens // d, 8),
-                                 output_tokens=max(wl.output_tokens // d, 4), prefix_tokens=wl.prefix_tokens // d,
+                                 output_tokens=out, prefix_tokens=wl.prefix_tokens // d,
                                  rows=min(wl.rows, 64), note=wl.note + f" (tiny: lengths / {d})")
     if rows is not None:
         wl = dataclasses.replace(wl, rows=rows)

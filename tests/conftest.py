@@ -123,3 +123,22 @@ def vllm_engine(tiny_model, tmp_path_factory):
     engine = VllmEngine(spec)
     yield SharedEngine(engine)
     engine.close()
+
+
+# Compact JSON (no free whitespace between tokens): a random-weight model given JSON's free whitespace
+# fills it until max_tokens. A grammar setting of the engine, so JSON-schema tests get an engine of their own.
+COMPACT_JSON = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
+
+
+@pytest.fixture(scope="session")
+def json_engine(tiny_model, tmp_path_factory):
+    """A second real CPU engine on the tiny model, with model.engine_kwargs = COMPACT_JSON (started once)."""
+    from batchgen.engine.vllm import VllmEngine
+    from batchgen.job.load import validate
+
+    tmp = tmp_path_factory.mktemp("json-engine")
+    job = job_dict(tiny_model, tmp / "in", tmp / "out")
+    job["model"]["engine_kwargs"] = COMPACT_JSON
+    engine = VllmEngine(validate(job))
+    yield SharedEngine(engine)
+    engine.close()

@@ -153,6 +153,28 @@ def _cmdline(proc_dir) -> str:
         return ""
 
 
+@pytest.mark.engine
+def test_structured_workloads_tiny(tmp_path):
+    """CH (choice + label scores) and JS (JSON schema) through the raw loop and batchgen, same options."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--workload", "CH", "--workload", "JS", "--rows", "12",
+           "--methods", "raw1,batchgen", "--out", str(out), "--work", str(tmp_path / "work"), "--timeout", "200"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [(r["workload"], r["method"]) for r in rows] == [("CH", "raw one call"), ("CH", "batchgen"),
+                                                           ("JS", "raw one call"), ("JS", "batchgen")]
+    for r in rows:
+        assert r["status"] == "ok" and r["rows"] == 12 and r["req_s"] > 0 and r["x_raw"] > 0
+    # The grammar ends each completion: a label is a few tokens, not max_tokens.
+    ch = [r for r in rows if r["workload"] == "CH"]
+    assert all(r["output_tokens"] < 12 * 8 for r in ch)
+    parts = pq.read_table(tmp_path / "work" / "runs" / "CH-batchgen" / "out" / "parts").to_pylist()
+    assert {p["label"] for p in parts} <= {"positive", "negative", "mixed"} and all(p["label_scores"] for p in parts)
+    js = pq.read_table(tmp_path / "work" / "runs" / "JS-batchgen" / "out" / "parts").to_pylist()
+    assert all(p["parsed"] is not None or p["error"].startswith("invalid JSON") for p in js)
+
+
 def test_hostcost_instant_engine(tmp_path):
     result = tmp_path / "host.json"
     cmd = [sys.executable, "-m", "benchmarks.hostcost", "--rows", "3000", "--prompt-tokens", "16", "--row-group", "1000",

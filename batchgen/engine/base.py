@@ -23,6 +23,9 @@ class Request:
     # The engine's request id: unique within a run (a unit's rows have distinct row indexes). Made once:
     # the loop looks it up several times per row.
     key: str = field(init=False, default="")
+    score_from: int | None = None  # scoring mode: the first prompt position whose logprob is scored (run.scoring)
+    lora: str | None = None  # the LoRA adapter's name (model.lora), or None for the base model
+    images: list[Any] | None = None  # decoded images (PIL), one per placeholder in token_ids
 
     def __post_init__(self) -> None:
         self.key = f"{self.unit}#{self.row_index}"
@@ -39,6 +42,13 @@ class Completion:
     prompt_tokens: int
     cached_tokens: int
     error: str | None = None
+    # Only when the request asks (sampling.logprobs, prompt_logprobs, choice_scores), as plain data shaped
+    # like the output columns (io/columns.py): per completion, per token {token, token_id, logprob, rank,
+    # top_logprobs}; per prompt position the same (position 0: no logprob); label -> probability.
+    logprobs: list[list[dict[str, Any]]] | None = None
+    cumulative_logprobs: list[float | None] | None = None
+    prompt_logprobs: list[dict[str, Any]] | None = None
+    label_scores: dict[str, float] | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from batchgen.engine.base import Completion, EngineInfo, Request
+from batchgen.engine.params import RequestExtras, engine_options
 from batchgen.errors import SpecError
 from batchgen.job.spec import JobSpec, ModelSpec, SamplingSpec
 
@@ -19,6 +20,8 @@ log = logging.getLogger("batchgen.engine")
 
 # CUDA-graph capture covers batches up to 512 by default; larger decode batches run eagerly (slower).
 GPU_DEFAULT_MAX_NUM_SEQS = 512
+# Adapter slots in one batch when model.max_loras is unset: each slot takes GPU memory (rank x layers).
+DEFAULT_MAX_LORAS = 8
 
 
 def engine_args_dict(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
@@ -41,7 +44,24 @@ def engine_args_dict(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
         "disable_log_stats": True,
     }
     args = {k: v for k, v in args.items() if v is not None}
-    return {**args, **model.engine_kwargs}
+    return {**args, **lora_engine_args(model, on_gpu=on_gpu), **model.engine_kwargs}
+
+
+def lora_engine_args(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
+    """LoRA on when the job lists adapters. All of them fit vLLM's CPU-side cache (max_cpu_loras), so an
+    adapter loaded before the first row is never evicted and re-read while rows switch between them."""
+    if not model.lora:
+        return {}
+    max_loras = model.max_loras or min(len(model.lora), DEFAULT_MAX_LORAS)
+    if not on_gpu:
+        # vLLM's CPU LoRA ops (lora/ops/torch_ops) gather adapter weights with the no-adapter index -1,
+        # i.e. the last slot: base-model rows batched beside adapter rows get that adapter (vLLM PRs
+        # #48421/#49656, open). One slot more than adapters stays empty (zeros), so -1 adds nothing.
+        max_loras = max(max_loras, len(model.lora)) + 1
+    args: dict[str, Any] = {"enable_lora": True, "max_loras": max_loras, "max_cpu_loras": max(max_loras, len(model.lora))}
+    if model.max_lora_rank:
+        args["max_lora_rank"] = model.max_lora_rank
+    return args
 
 
 # Options with a named field in ModelSpec: engine_kwargs must not set them a second way.
@@ -107,7 +127,7 @@ class VllmEngine:
         t0 = time.monotonic()
         # Offline batch work gets the defaults vLLM gives its own LLM class: on an H100/H200 that is
         # max_num_batched_tokens 16384, not the 2048 of the plain engine context (prefill 8x slower).
-        args = {**output_args(log_level), **engine_args_dict(spec.model, on_gpu=on_gpu)}  # engine_kwargs win
+        args = {**output_args(log_level), **engine_args_dict(spec.model, on_gpu=on_gpu), **engine_options(spec)}  # engine_kwargs win
         self._engine = LLMEngine.from_engine_args(EngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         started = time.monotonic() - t0
         cfg = self._engine.vllm_config
@@ -122,6 +142,29 @@ class VllmEngine:
             VLLMValidationError = ValueError  # noqa: N806
         self._validation_error = VLLMValidationError
         self._live: set[str] = set()
+        # Structured outputs, logprobs and choice scores: request keywords in, Completion fields out.
+        self._extras = RequestExtras(self._engine.get_tokenizer, cfg.model_config.get_vocab_size())
+        self._loras = self._load_adapters(spec.model.lora)
+
+    def _load_adapters(self, adapters: dict[str, str]) -> dict[str, Any]:
+        """Every adapter, loaded once now: a broken folder fails the job before a row is taken (vLLM
+        would otherwise load it lazily, at the first batch that uses it)."""
+        from vllm.lora.request import LoRARequest
+
+        loaded = {}
+        for lora_id, (name, folder) in enumerate(sorted(adapters.items()), start=1):
+            req = LoRARequest(name, lora_id, folder)
+            try:
+                ok, why = bool(self._engine.add_lora(req)), "vLLM refused it"
+            except Exception as e:  # noqa: BLE001 - vLLM raises many kinds (and a plain Exception across processes)
+                ok, why = False, " ".join(str(e).split())[:500]
+            if not ok:
+                self.close()
+                raise SpecError(f"LoRA adapter {name!r} cannot be loaded from {folder}: {why}", where=f"model.lora.{name}",
+                                fix="a PEFT LoRA folder for this base model (adapter_config.json + adapter_model.safetensors), "
+                                    "rank at most model.max_lora_rank, targeting the model's linear layers")
+            loaded[name] = req
+        return loaded
 
     @property
     def max_prompt_tokens(self) -> int | None:
@@ -137,20 +180,38 @@ class VllmEngine:
             frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
             stop=s.stop or None, stop_token_ids=s.stop_token_ids or None, ignore_eos=s.ignore_eos,
             skip_special_tokens=s.skip_special_tokens, seed=seed, output_kind=RequestOutputKind.FINAL_ONLY,
-            **s.extra,
+            **s.extra, **self._extras.kwargs(s),
         )
 
     def add(self, req: Request) -> str | None:
-        # vLLM's own input type for token ids (0.26 and 0.32): a plain {"prompt_token_ids": ...} dict is a
-        # "raw prompt", deprecated (a warning) and re-rendered on every add.
-        from vllm.inputs import tokens_input
-
+        lora = self._loras.get(req.lora) if req.lora else None
+        if req.lora and lora is None:
+            return f"unknown LoRA adapter {req.lora!r} (loaded: {', '.join(sorted(self._loras)) or 'none'})"
         try:
-            self._engine.add_request(req.key, tokens_input(req.token_ids), self.params(req.sampling, req.seed))
+            prompt = self._prompt(req)
+        except Exception as e:  # noqa: BLE001 - the model's image processor raises many kinds: this row's error
+            return f"rejected by vLLM's image processing: {' '.join(str(e).split())[:500]}"
+        try:
+            self._engine.add_request(req.key, prompt, self.params(req.sampling, req.seed), lora_request=lora)
         except (ValueError, TypeError, self._validation_error) as e:
             return f"rejected by vLLM: {e}"
         self._live.add(req.key)
+        self._extras.track(req.key, req.sampling)
         return None
+
+    def _prompt(self, req: Request) -> Any:
+        """Token ids; with images, vLLM's own rendering of ids + images (it expands each placeholder id into
+        the image's feature tokens and runs the model's image processor on the decoded images)."""
+        if not req.images:
+            # vLLM's own input type for token ids (0.26 and 0.32): a plain {"prompt_token_ids": ...} dict is a
+            # "raw prompt", deprecated (a warning) and re-rendered on every add.
+            from vllm.inputs import tokens_input
+
+            return tokens_input(req.token_ids)
+        images, req.images = req.images, None  # vLLM keeps its processed copy: the row need not hold the pixels
+        (engine_input,) = self._engine.renderer.render_cmpl(
+            [{"prompt_token_ids": req.token_ids, "multi_modal_data": {"image": images}}])
+        return engine_input
 
     def step(self) -> list[Completion]:
         done = []
@@ -165,6 +226,7 @@ class VllmEngine:
                 output_tokens=[len(c.token_ids) for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids or []),
                 cached_tokens=out.num_cached_tokens or 0,
+                **self._extras.collect(out),
             ))
         return done
 
@@ -176,6 +238,7 @@ class VllmEngine:
         if keys:
             self._engine.abort_request(keys)
         self._live.clear()
+        self._extras.forget(keys)
         return keys
 
     def close(self) -> None:

@@ -15,24 +15,26 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from batchgen.io import openai_structured
 from batchgen.job.spec import OPENAI_BODY_FIELDS
 
 # A reader-side reason why a row cannot be generated; prompts.Renderer turns it into an error row.
 READ_ERROR = "read_error"
 CHAT_URL = "/v1/chat/completions"
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+# A message's text parts joined, and its image_url parts' URLs in order (data:, http(s), s3://, paths).
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("images", pa.list_(pa.string()))])
 _INT_FIELDS = {"max_tokens", "seed", "n"}
 _TYPES: dict[str, pa.DataType] = {
     **{f: pa.float64() for f in OPENAI_BODY_FIELDS}, **{f: pa.int64() for f in _INT_FIELDS}, "stop": pa.list_(pa.string()),
 }
 # Body keys that do not change what is generated; anything else unknown is refused per row, not ignored.
-_HARMLESS = {"model", "messages", "max_completion_tokens", "user", "stream", "store", "metadata", "logprobs"}
+_HARMLESS = {"model", "messages", "max_completion_tokens", "user", "stream", "store", "metadata"}
 
 
 def request_schema(id_column: str) -> pa.Schema:
     """Columns a request file offers to a job (what `prompt`, `sampling.per_row` and passthrough may name)."""
     return pa.schema([(id_column, pa.string()), ("messages", pa.list_(MESSAGE)), ("model", pa.string()),
-                      *[(f, _TYPES[f]) for f in OPENAI_BODY_FIELDS]])
+                      *[(f, _TYPES[f]) for f in OPENAI_BODY_FIELDS], *openai_structured.COLUMNS])
 
 
 def count_rows(lines: Iterator[bytes]) -> int:
@@ -71,7 +73,11 @@ def parse_request(line: bytes | str, id_column: str) -> tuple[dict[str, Any], st
         if err:
             return row, err
         row[name] = value
-    unknown = sorted(set(body) - set(OPENAI_BODY_FIELDS) - _HARMLESS)
+    options, err = openai_structured.request_options(body)  # response_format, logprobs/top_logprobs
+    row.update(options)
+    if err:
+        return row, err
+    unknown = sorted(set(body) - set(OPENAI_BODY_FIELDS) - _HARMLESS - openai_structured.BODY_KEYS)
     if unknown:
         return row, f"body.{unknown[0]} is not supported by batchgen (it would be ignored)"
     return row, None
@@ -84,15 +90,34 @@ def _messages(value: Any) -> tuple[list[dict] | None, str | None]:
     for k, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             return None, f"body.messages[{k}] needs a string role"
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
-                return None, f"body.messages[{k}] has non-text content parts; only text is supported"
-            content = "".join(str(p.get("text", "")) for p in content)
+        content, images = m.get("content"), []
+        if isinstance(content, list):  # content parts: text and image_url
+            content, images, err = _parts(content, k)
+            if err:
+                return None, err
         if not isinstance(content, str):
-            return None, f"body.messages[{k}].content must be a string or text parts"
-        out.append({"role": m["role"], "content": content})
+            return None, f"body.messages[{k}].content must be a string or text/image_url parts"
+        out.append({"role": m["role"], "content": content, "images": images or None})
     return out, None
+
+
+def _parts(parts: list, k: int) -> tuple[str, list[str], str | None]:
+    """Text parts joined; image_url parts as their URLs (the images go in front of the text, as vLLM's
+    chat path places them for templates that take strings)."""
+    texts, images = [], []
+    for p in parts:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            texts.append(str(p.get("text", "")))
+        elif kind == "image_url":
+            ref = p.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str) or not url:
+                return "", [], f"body.messages[{k}] has an image_url part without a url"
+            images.append(url)
+        else:
+            return "", [], f"body.messages[{k}] has a {kind!r} content part; only text and image_url are supported"
+    return "".join(texts), images, None
 
 
 def _typed(name: str, value: Any) -> tuple[Any, str | None]:
@@ -144,12 +169,15 @@ def response_line(row: dict[str, Any], id_column: str, model: str, created: int)
     cid = row[id_column]
     token = hashlib.blake2b(f"{cid}\x1f{row.get('seed')}".encode(), digest_size=12).hexdigest()
     request_id = f"batch_req_{token}"
-    if row.get("error") is not None:
+    if row.get("error") is not None and row.get("text") is None:  # not generated (a generated row's error: JSON cut or invalid)
         return {"id": request_id, "custom_id": cid, "response": {"status_code": 400, "request_id": request_id, "body": None},
                 "error": {"code": "batchgen_row_error", "message": row["error"]}}
     completions = row.get("completions") or [
         {"text": row.get("text"), "finish_reason": row.get("finish_reason"), "output_tokens": row.get("output_tokens")}]
-    choices = [{"index": i, "message": {"role": "assistant", "content": c["text"]}, "logprobs": None,
+    if not row.get("completions") and "logprobs" in row:
+        completions[0]["logprobs"] = row["logprobs"]
+    choices = [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": openai_structured.choice_logprobs(c.get("logprobs")),
                 "finish_reason": c["finish_reason"]} for i, c in enumerate(completions)]
     prompt, output = int(row.get("prompt_tokens") or 0), int(row.get("output_tokens") or 0)
     body = {"id": f"chatcmpl-{token}", "object": "chat.completion", "created": created, "model": model, "choices": choices,

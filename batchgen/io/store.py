@@ -164,7 +164,7 @@ class Store:
                     return False
             else:
                 os.replace(tmp, final)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             return True
         except PermissionError as e:
             raise StorageError(f"permission denied writing {final}", fix="choose a writable output.path") from e
@@ -181,7 +181,7 @@ def _makedirs(folder: str) -> None:
                            fix="output.path must be a folder you can write (a file stands in its way, or permissions)") from e
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -78,11 +78,18 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             return str((base / p).resolve())
         return p
 
-    for section, key in (("input", "path"), ("output", "path"), ("model", "path"), ("model", "tokenizer")):
+    for section, key in (("input", "path"), ("output", "path"), ("model", "path"), ("model", "tokenizer"),
+                         ("runtime", "model_cache")):
         part = data.get(section)
         if isinstance(part, dict) and key in part:
             value = part[key]
             part[key] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+    structured = (data.get("sampling") or {}).get("structured") if isinstance(data.get("sampling"), dict) else None
+    if isinstance(structured, dict) and isinstance(structured.get("json_schema"), str):
+        structured["json_schema"] = fix(structured["json_schema"])  # a schema file next to the job file
+    adapters = data.get("model", {}).get("lora") if isinstance(data.get("model"), dict) else None
+    if isinstance(adapters, dict):
+        data["model"]["lora"] = {name: fix(folder) for name, folder in adapters.items()}
     return data
 
 

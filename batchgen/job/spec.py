@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from batchgen.job.structured import StructuredSpec
+
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a job file must not be silently ignored."""
@@ -56,10 +58,19 @@ class PromptSpec(Strict):
     template: str | None = Field(None, description="Prompt template with {column} placeholders, e.g. 'Label this review: {text}'. Use {{ and }} for literal braces.")
     system: str | None = Field(None, description="System prompt. Implies the chat template.")
     chat: bool | None = Field(None, description="Render with the model's chat template. Default: true for messages_column or when `system` is set, false otherwise.")
+    score_column: str | None = Field(None, description="Scoring mode: no generation (max_tokens 1), the text of this column is scored with vLLM's prompt logprobs: the output gets score_tokens, logprob_sum, logprob_mean and perplexity. Alone, the whole text is scored; with column/messages_column/template, that rendered prompt is the context and only this column's tokens (appended after it) are scored.")
+    image_column: str | None = Field(None, description="Column with the row's image(s) for a vision model, beside `column` or `template`: image file bytes, a path or URL (local, s3://, any fsspec URL, data:, http(s)), a struct {bytes, path} (Hugging Face datasets' Image), or a list of these. An unreadable image makes an error row.")
+    image_placeholder: str | None = Field(None, description="The text standing for one image in the prompt (e.g. `<image>` for LLaVA). Default: the `image_token` in the model folder's processor_config.json / preprocessor_config.json / tokenizer_config.json. A prompt without it gets one per image in front; '' for models that insert image tokens themselves (PaliGemma).")
+    image_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for one image from an http(s) URL or object store.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSpec:
         given = [k for k in ("column", "messages_column", "template") if getattr(self, k)]
+        if self.score_column and not given:
+            if self.system or self.chat:
+                raise ValueError("prompt.score_column alone scores plain text: remove system/chat, or give a context "
+                                 "(prompt.column, messages_column or template) to render with the chat template")
+            return self
         if len(given) != 1:
             raise ValueError(
                 "set exactly one of prompt.column, prompt.messages_column or prompt.template"
@@ -67,6 +78,9 @@ class PromptSpec(Strict):
             )
         if self.messages_column and self.chat is False:
             raise ValueError("prompt.messages_column always uses the chat template; remove `chat: false`")
+        if self.image_column and self.messages_column:
+            raise ValueError("prompt.image_column is for `column` and `template` prompts; with messages_column, put the "
+                             "images in the messages as image_url content parts")
         return self
 
     @field_validator("template")
@@ -92,17 +106,23 @@ class PromptSpec(Strict):
         return [name for _, name, _, _ in string.Formatter().parse(self.template) if name]
 
     def input_columns(self) -> list[str]:
-        return [c for c in (self.column, self.messages_column) if c] + self.template_columns()
+        return [c for c in (self.column, self.messages_column) if c] + self.template_columns() + \
+            ([self.score_column] if self.score_column else []) + ([self.image_column] if self.image_column else [])
 
 
 # Sampling fields a per-row column may override (validated per row; a bad value is an error row).
+# structured_schema (a JSON-schema string), choices (a list) and json_object (a bool) set `structured` for the row.
 PER_ROW_FIELDS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop")
+                  "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "logprobs",
+                  "structured_schema", "choices", "json_object", "lora")
 PerRowField = Literal["max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "n",
-                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop"]
+                      "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "logprobs",
+                      "structured_schema", "choices", "json_object", "lora"]
 
 # Sampling fields an OpenAI batch request body may carry; each becomes a per-row override column.
 OPENAI_BODY_FIELDS = ("max_tokens", "temperature", "top_p", "seed", "n", "stop", "presence_penalty", "frequency_penalty")
+# Per-row columns an OpenAI request file derives from response_format and logprobs/top_logprobs.
+OPENAI_DERIVED_FIELDS = ("structured_schema", "json_object", "logprobs")
 
 
 class SamplingSpec(Strict):
@@ -124,14 +144,31 @@ class SamplingSpec(Strict):
     skip_special_tokens: bool = True
     seed: int = Field(0, description="Job seed. Each row samples with a seed derived from this and its id, recorded in the output, so a retried row samples the same way.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Other vLLM SamplingParams fields by name (checked against vLLM before the engine starts).")
-    per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value.")
+    structured: StructuredSpec | None = Field(None, description="Structured outputs (vLLM's StructuredOutputsParams): exactly one of choice, regex, json_schema, grammar, json_object. Per row: per_row.structured_schema / choices / json_object.")
+    logprobs: int | None = Field(None, ge=0, description="Log probabilities of each generated token and of its K most likely alternatives (vLLM's `logprobs`; 0: the chosen token only): adds the `logprobs` and `cumulative_logprob` columns. More than 20 raises the engine's max_logprobs to match.")
+    prompt_logprobs: int | None = Field(None, ge=0, description="Log probabilities of each prompt token and of its K most likely alternatives (vLLM's `prompt_logprobs`): adds the `prompt_logprobs` column. Turns off prefix-cache reads for the row.")
+    choice_scores: bool = Field(False, description="With a `choice` constraint: a `label_scores` column, label -> probability (summing to 1), from the first generated token's log probabilities. See docs/structured.md for the method and its limits.")
+    lora: str | None = Field(None, description="LoRA adapter (a name from model.lora) for every row; per_row.lora picks one per row (a null cell: this one, or the base model).")
+    per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value. structured_schema (a JSON-schema string column), choices (a list column) and json_object (a bool column) replace `structured` for their row.")
+
+    @model_validator(mode="after")
+    def _scores_need_choices(self) -> SamplingSpec:
+        if self.choice_scores:
+            if not ((self.structured and self.structured.choice) or "choices" in self.per_row):
+                raise ValueError("sampling.choice_scores scores the labels of a choice: set sampling.structured.choice "
+                                 "(or per_row.choices)")
+            if self.logprobs is not None:
+                raise ValueError("sampling.choice_scores and sampling.logprobs cannot be combined (vLLM returns either "
+                                 "the top-K tokens or the choices' tokens): remove one")
+        return self
 
 
 class ModelSpec(Strict):
     """The engine: named fields for the common vLLM options, `engine_kwargs` for any other EngineArgs field."""
 
-    path: str = Field(..., description="Local model folder or Hugging Face id (as `vllm serve MODEL`).")
-    tokenizer: str | None = Field(None, description="Tokenizer folder or id, if not the model's.")
+    path: str = Field(..., description="Local model folder, Hugging Face id (as `vllm serve MODEL`), or a folder on an object store (s3://bucket/prefix/, any fsspec URL): copied once per machine into runtime.model_cache, verified, then loaded from there.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder, id or URL, if not the model's.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for model.path, model.tokenizer and model.lora URLs.")
     dtype: str = Field("auto", description="auto, bfloat16, float16, float32.")
     quantization: str | None = Field(None, description="awq, gptq, fp8, ... (as vLLM's --quantization).")
     max_model_len: int | None = Field(None, ge=16, description="Context length; prompts longer than this (minus max_tokens headroom none) become error rows.")
@@ -144,6 +181,10 @@ class ModelSpec(Strict):
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False
     load_format: str = Field("auto", description="auto, safetensors, dummy (random weights of the real shape, for benchmarks), ...")
+    structured_backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = Field("auto", description="Grammar backend of structured outputs (vLLM's StructuredOutputsConfig.backend). auto: xgrammar, falling back to guidance/outlines for what it cannot compile.")
+    lora: dict[str, str] = Field(default_factory=dict, description="LoRA adapters by name: {name: folder}, each a PEFT folder (adapter_config.json + adapter_model.safetensors), local or on an object store (copied once into runtime.model_cache). Rows pick one with sampling.lora or sampling.per_row.lora.")
+    max_loras: int | None = Field(None, ge=1, description="Adapters in one engine batch (vLLM's max_loras). Default: the number of adapters, at most 8.")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank (vLLM's max_lora_rank: 8, 16, 32, 64, ...). Default: the smallest vLLM value that fits every adapter's rank.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs field, checked by name before the engine starts.")
 
 
@@ -176,6 +217,7 @@ class RuntimeSpec(Strict):
     cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
+    model_cache: str | None = Field(None, description="Local folder where model weights, tokenizers and adapters from object stores are copied (once per machine; engines of a node share one copy). Default: $BATCHGEN_CACHE/models, else $XDG_CACHE_HOME/batchgen/models, else ~/.cache/batchgen/models.")
     metrics_textfile: str | None = Field(None, description="Write Prometheus metrics here at every commit (node_exporter textfile collector), e.g. /var/lib/node_exporter/textfile/batchgen.prom. Written atomically (tmp + rename).")
     metrics_pushgateway: str | None = Field(None, description="Prometheus Pushgateway URL, e.g. http://pushgateway:9091. Metrics are PUT to /metrics/job/batchgen/instance/<worker> at every commit.")
 
@@ -208,9 +250,26 @@ class JobSpec(Strict):
         data.setdefault("prompt", {"messages_column": "messages"})
         given = data.get("sampling") or {}
         sampling = given.model_dump() if isinstance(given, BaseModel) else {**given}
-        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS}, **(sampling.get("per_row") or {})}
+        sampling["per_row"] = {**{f: f for f in OPENAI_BODY_FIELDS + OPENAI_DERIVED_FIELDS}, **(sampling.get("per_row") or {})}
         data["sampling"] = sampling
         return data
+
+    @model_validator(mode="after")
+    def _scoring_generates_nothing(self) -> JobSpec:
+        s = self.sampling
+        if self.prompt.score_column and (s.structured or s.choice_scores):
+            raise ValueError("prompt.score_column scores existing text and generates nothing: remove sampling.structured "
+                             "and sampling.choice_scores")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_names(self) -> JobSpec:
+        if self.sampling.lora is not None and self.sampling.lora not in self.model.lora:
+            known = ", ".join(sorted(self.model.lora)) or "none"
+            raise ValueError(f"sampling.lora {self.sampling.lora!r} is not an adapter of model.lora (known: {known})")
+        if "lora" in self.sampling.per_row and not self.model.lora:
+            raise ValueError("sampling.per_row.lora needs adapters: list them in model.lora as {name: folder}")
+        return self
 
     def input_columns(self) -> list[str]:
         """The columns read from the input: nothing else is loaded."""
@@ -220,7 +279,8 @@ class JobSpec(Strict):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what the output holds: a resume with different values is refused."""
-        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format"})
+        model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format",
+                                                "structured_backend", "lora"})
         return {
             "input.format": self.input.format,
             "input.id_column": self.input.id_column,

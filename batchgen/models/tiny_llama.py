@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchgen.models.folder import build_atomically, ensure_folder
+from batchgen.models.folder import build_folder, ensure_folder
 
 if TYPE_CHECKING:  # heavy imports stay lazy: importing this module must be cheap
     import torch
@@ -148,14 +148,17 @@ def _write_model(folder: Path, seed: int) -> None:
 
 
 def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:
-    """Builds the model folder at dest, whole or not at all. FileExistsError if dest already exists."""
-    return build_atomically(dest, lambda tmp: _write_model(tmp, seed))
+    """Builds the model folder at dest. It appears whole or not at all (temp dir + rename),
+    so a crash or a concurrent builder never leaves a half-written folder behind.
+    Raises FileExistsError if dest already exists (then it is left untouched)."""
+    return build_folder(dest, lambda tmp: _write_model(tmp, seed))
 
 
 def ensure_tiny_model(cache_dir: Path, *, seed: int = 0) -> Path:
-    """Returns the cached model folder under cache_dir, building it once. Safe under concurrency."""
-    dest = Path(cache_dir).expanduser() / f"tiny-llama-v{RECIPE_VERSION}-s{seed}"
-    return ensure_folder(dest, lambda d: build_tiny_model(d, seed=seed))
+    """Returns the cached model folder under cache_dir, building it once. Safe under concurrency:
+    the loser of a build race discards its copy and uses the winner's identical one."""
+    return ensure_folder(Path(cache_dir).expanduser() / f"tiny-llama-v{RECIPE_VERSION}-s{seed}",
+                         lambda tmp: _write_model(tmp, seed))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,10 @@ _KINDS: list[tuple[str, str, str]] = [
     (r"^invalid per-row value", "per-row", "fix the values in the per-row column, or null them to use the job value"),
     (r"^prompt has \d+ tokens", "too-long", "shorten these prompts, or raise model.max_model_len (up to the model's context length)"),
     (r"^chat template failed", "chat-template", "fix these rows' messages (roles must alternate as the template expects)"),
+    (r"^empty text to score|^nothing to score", "score-text", "fill or drop these rows: scoring needs text in prompt.score_column"),
+    (r"^unknown LoRA adapter", "lora", "use a name of model.lora in the per-row column, or null it for the job's adapter"),
+    (r"is unreadable", "image", "fix or drop these rows' images (each must be an image file: bytes, a path or a URL)"),
+    (r"image placeholder", "image-placeholder", "set prompt.image_placeholder, or put one placeholder per image in the prompt"),
 ]
 
 

@@ -26,7 +26,10 @@ from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec, ModelSpec
 from batchgen.ops.rowcheck import RowScan, scan_rows
 from batchgen.run.prompts import Renderer
-from batchgen.run.tokenizer import load_tokenizer
+from batchgen.models.cache import is_remote
+from batchgen.models.localize import adapter_rank, local_model, lora_rank
+from batchgen.run.structured import load_schema_file
+from batchgen.run.tokenizer import image_placeholder, load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import CONFLICT, CONFLICT_FIX, differences, planned, read_manifest
 
@@ -86,6 +89,10 @@ def spec_problem(err: BatchgenError) -> Validation:
 
 def validate_job(spec: JobSpec, sample_rows: int | None = None, engine_check: bool = True) -> Validation:
     v = Validation(job=spec.name or "job")
+    try:
+        load_schema_file(spec)  # as a run does first: a json_schema path/URL is read and checked
+    except BatchgenError as e:
+        v.problems.append(Problem("spec", e.message, where=e.where, fix=e.fix))
     source = InputFiles.open(spec.input)
     units = _check_input(spec, source, v)
     renderer = _renderer(spec, v)
@@ -136,14 +143,17 @@ def _check_input(spec: JobSpec, source: InputFiles, v: Validation) -> list[Unit]
 
 def _renderer(spec: JobSpec, v: Validation) -> Renderer | None:
     try:
-        tokenizer = load_tokenizer(spec.model)
+        # A model on an object store: only its tokenizer and config files are copied (no weights) to check rows.
+        model = local_model(spec.model, spec.runtime.model_cache, tokenizer_only=True)
+        tokenizer = load_tokenizer(model)
     except BatchgenError as e:
         v.problems.append(Problem("model", e.message, where=e.where, fix=e.fix))
         return None
-    v.max_model_len, v.max_model_len_source = model_context_length(spec.model)
+    v.max_model_len, v.max_model_len_source = model_context_length(model)
     if v.max_model_len is None:
         v.notes.append("max_model_len unknown (not in the spec nor the model's config.json): prompt lengths not checked")
-    return Renderer(spec, tokenizer, v.max_model_len - 1 if v.max_model_len else None)
+    return Renderer(spec, tokenizer, v.max_model_len - 1 if v.max_model_len else None,
+                    image_placeholder=image_placeholder(model, tokenizer))
 
 
 def model_context_length(model: ModelSpec) -> tuple[int | None, str]:
@@ -240,11 +250,17 @@ def _check_engine(spec: JobSpec, v: Validation) -> None:
     if spec.runtime.engine != "vllm":
         return
     try:
+        from batchgen.engine.params import check_request
         from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra, engine_args_dict
 
         engine_args_dict(spec.model, on_gpu=False)
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
+        check_request(spec, load_tokenizer(local_model(spec.model, spec.runtime.model_cache, tokenizer_only=True))
+                      if spec.sampling.structured else None)
+        local = {name: folder for name, folder in spec.model.lora.items() if not is_remote(folder)}
+        if local:  # adapters on object stores are checked by the run, once copied
+            lora_rank(spec.model.max_lora_rank, {name: adapter_rank(name, folder) for name, folder in local.items()})
     except BatchgenError as e:
         v.problems.append(Problem("engine", e.message, where=e.where, fix=e.fix))
     except ImportError as e:

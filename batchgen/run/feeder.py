@@ -22,6 +22,9 @@ from batchgen.work.source import UnitSource
 
 _END = object()
 FIRST_CHUNK_ROWS = 64  # then x4 per chunk up to the full look-ahead (ordering_rows)
+# Rows with images hold them decoded (a 640x480 RGB image is ~0.9 MB) from here until the engine takes
+# them: their look-ahead is cut to this, so the read-ahead holds a few thousand images, not 32k.
+IMAGE_LOOKAHEAD_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,13 @@ class Feeder:
                     while start < batch.num_rows:
                         if self._stop.is_set():
                             return
-                        take = batch.num_rows - start if limit >= full else limit - len(buffer)
-                        buffer += self.renderer.render(unit.key, batch.slice(start, take))
+                        whole = limit >= full and full > IMAGE_LOOKAHEAD_ROWS
+                        take = batch.num_rows - start if whole else limit - len(buffer)
+                        rendered = self.renderer.render(unit.key, batch.slice(start, take))
+                        buffer += rendered
                         start += take
+                        if full > IMAGE_LOOKAHEAD_ROWS and any(r.images for r in rendered):
+                            full = limit = IMAGE_LOOKAHEAD_ROWS
                         if len(buffer) >= limit:
                             self._emit(buffer)
                             buffer = []

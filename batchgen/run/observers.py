@@ -73,12 +73,13 @@ class RunObserver:
 
 def _as_dict(r: OutputRow, id_column: str) -> dict[str, Any]:
     """An OutputRow in the shape of a part-file row (what responses_jsonl reads)."""
-    ok = r.error is None
+    ok = bool(r.texts)  # as parts.build_table: a generated row keeps its text even with an error (invalid JSON)
+    extras = r.completion_extras or [{} for _ in r.texts]
     return {
-        id_column: r.id, "text": r.texts[0] if ok and r.texts else None,
+        id_column: r.id, "text": r.texts[0] if ok else None,
         "finish_reason": r.finish_reasons[0] if ok and r.finish_reasons else None,
-        "completions": [{"text": t, "finish_reason": f, "output_tokens": n}
-                        for t, f, n in zip(r.texts, r.finish_reasons, r.output_tokens)] if ok else None,
+        "completions": [{"text": t, "finish_reason": f, "output_tokens": n, **x}
+                        for t, f, n, x in zip(r.texts, r.finish_reasons, r.output_tokens, extras)] if ok else None,
         "prompt_tokens": r.prompt_tokens, "output_tokens": sum(r.output_tokens), "cached_tokens": r.cached_tokens,
         "seed": r.seed, "error": r.error,
     }

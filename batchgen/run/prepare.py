@@ -18,10 +18,12 @@ from batchgen.io.parts import output_schema
 from batchgen.io.shards import InputFiles, Unit
 from batchgen.io.store import Store
 from batchgen.job.spec import JobSpec
+from batchgen.models.localize import local_model
 from batchgen.run.committer import PartSink
 from batchgen.run.observers import RunObserver
 from batchgen.run.stats import stats_bytes, stats_from_part
-from batchgen.run.tokenizer import load_tokenizer
+from batchgen.run.structured import load_schema_file
+from batchgen.run.tokenizer import image_placeholder, load_tokenizer
 from batchgen.work.ledger import Ledger
 from batchgen.work.manifest import check_job_manifest, recorded_plan
 from batchgen.work.plan import plan_job
@@ -40,6 +42,8 @@ class Prepared:
     sink: PartSink
     tokenizer: Any
     observer: RunObserver  # OpenAI output files and metrics, after each commit
+    engine_spec: JobSpec  # the job with its model as local folders (copies of object-store URLs): what the engine loads
+    image_placeholder: str | None = None  # the model's text for one image (`<image>`), if its files name one
 
     @property
     def skipped(self) -> int:
@@ -48,6 +52,7 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bool) -> Prepared:
+    load_schema_file(spec)  # a json_schema path/URL becomes the schema itself (its content is fingerprinted)
     source = InputFiles.open(spec.input)
     shards = source.discover()
     schema = None
@@ -56,12 +61,15 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
     store = Store.open(spec.output.path, spec.output.storage)
     plan = plan_job(spec.input, source.layouts(shards), recorded_plan(store))
     mine = list(plan.units) if spec.runtime.elastic else assign(plan.units, rank, world_size)
-    tokenizer = load_tokenizer(spec.model)
+    model = local_model(spec.model, spec.runtime.model_cache)  # copies weights from an object store once per machine
+    tokenizer = load_tokenizer(model)
     if spec.runtime.engine == "vllm":  # option names are checked before any engine memory is taken
+        from batchgen.engine.params import check_request
         from batchgen.engine.vllm import check_engine_kwargs, check_sampling_extra
 
         check_engine_kwargs(spec.model)
         check_sampling_extra(spec.sampling)
+        check_request(spec, tokenizer)  # the structured constraint compiles; logprobs fit
     check_job_manifest(store, spec, force, plan.rule)
     removed = remove_stale_temp(store)
     if removed:
@@ -75,7 +83,8 @@ def prepare(spec: JobSpec, *, rank: int, world_size: int, worker: str, force: bo
                     compression=spec.output.compression, worker=worker, job_fingerprint=spec.fingerprint()[0],
                     on_part=observer.on_part)
     return Prepared(all_units=plan.units, units=mine, input=source, store=store, ledger=ledger, sink=sink,
-                    tokenizer=tokenizer, observer=observer)
+                    tokenizer=tokenizer, observer=observer, engine_spec=spec.model_copy(update={"model": model}),
+                    image_placeholder=image_placeholder(model, tokenizer))
 
 
 def repair_stats(store: Store, ledger: Ledger) -> int:

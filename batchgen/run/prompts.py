@@ -13,10 +13,13 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from batchgen.engine.base import Request
+from batchgen.io.images import ImageFetcher
 from batchgen.io.openai_batch import READ_ERROR
 from batchgen.io.reader import ROW_INDEX
 from batchgen.job.spec import JobSpec, SamplingSpec
 from batchgen.run.tokenizer import encode_ids
+from batchgen.run import scoring, structured
+from batchgen.run.images import ImagePrompts, check_parts
 
 
 class Tokenizer(Protocol):
@@ -33,11 +36,16 @@ def row_seed(job_seed: int, row_id: Any) -> int:
 class Renderer:
     """Turns record batches into Requests for one job. Holds the tokenizer; no engine, no files."""
 
-    def __init__(self, spec: JobSpec, tokenizer: Tokenizer, max_prompt_tokens: int | None):
+    def __init__(self, spec: JobSpec, tokenizer: Tokenizer, max_prompt_tokens: int | None, *,
+                 image_placeholder: str | None = None):
         self.spec = spec
         self.tok = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self._base = spec.sampling.model_dump()
+        # Scoring mode: every row runs with one generated token and prompt logprobs (run.scoring).
+        self._score_sampling = scoring.score_sampling(spec.sampling) if spec.prompt.score_column else None
+        self.images = ImagePrompts(spec.prompt, tokenizer, image_placeholder,
+                                   ImageFetcher(spec.input.storage, spec.prompt.image_timeout_seconds))
 
     def render(self, unit: str, batch: pa.RecordBatch) -> list[Request]:
         spec = self.spec
@@ -64,38 +72,63 @@ class Renderer:
             seed_col = spec.sampling.per_row.get("seed")
             explicit = seed_col is not None and cols[seed_col][i] is not None and req.error is None
             req.seed = req.sampling.seed if explicit else row_seed(spec.sampling.seed, rid)
-            text, err = self._text(cols, i)
+            if self._score_sampling is not None:
+                req.sampling = self._score_sampling if req.sampling is spec.sampling else scoring.score_sampling(req.sampling)
+            req.lora, err = self._lora(req.sampling)
             req.error = req.error or err
+            text, refs, err = self._text(cols, i)
+            req.error = req.error or err
+            if refs and req.error is None:
+                text, err = self.images.place(text, len(refs), chat=self.spec.prompt.use_chat)
+                req.images, req.error = self.images.load(refs, rid) if err is None else (None, err)
             texts.append(text if req.error is None else "")
         self._tokenize(reqs, texts)
+        if spec.prompt.score_column:
+            scoring.append_texts(reqs, cols[spec.prompt.score_column], spec.prompt.score_column, self.tok, self.max_prompt_tokens)
         return reqs
 
-    def _text(self, cols: dict[str, list], i: int) -> tuple[str, str | None]:
+    def _text(self, cols: dict[str, list], i: int) -> tuple[str, list, str | None]:
+        """The prompt text, the row's image references (in prompt order), and the reason it has none."""
         p = self.spec.prompt
+        if not (p.column or p.messages_column or p.template):
+            return "", [], None  # scoring mode without a context: the scored text is the whole prompt (run.scoring)
         if p.messages_column:
             messages = cols[p.messages_column][i]
             problem = _check_messages(messages, p.messages_column)
             if problem:
-                return "", problem
+                return "", [], problem
             if p.system and not any(m["role"] == "system" for m in messages):
                 messages = [{"role": "system", "content": p.system}, *messages]
-            return self._chat(messages)
+            messages, refs = self.images.template_messages(messages)
+            text, err = self._chat(messages)
+            return text, refs, err
+        refs = self.images.column_refs(cols, i)
         if p.column:
             text = cols[p.column][i]
             if text is None or (isinstance(text, str) and not text.strip()):
-                return "", f"empty prompt: column {p.column!r} is {'null' if text is None else 'blank'}"
+                return "", refs, f"empty prompt: column {p.column!r} is {'null' if text is None else 'blank'}"
             if not isinstance(text, str):
-                return "", f"column {p.column!r} holds {type(text).__name__}, not text"
+                return "", refs, f"column {p.column!r} holds {type(text).__name__}, not text"
         else:
             values = {c: cols[c][i] for c in p.template_columns()}
             nulls = [c for c, v in values.items() if v is None]
             if nulls:
-                return "", f"template column(s) {', '.join(nulls)} null in this row"
+                return "", refs, f"template column(s) {', '.join(nulls)} null in this row"
             text = p.template.format(**values)
         if p.use_chat:
-            messages = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": text}]
-            return self._chat(messages)
-        return text, None
+            user = {"role": "user", "content": self.images.content(text, len(refs))}
+            text, err = self._chat(([{"role": "system", "content": p.system}] if p.system else []) + [user])
+            return text, refs, err
+        return text, refs, None
+
+    def _lora(self, sampling: SamplingSpec) -> tuple[str | None, str | None]:
+        """The row's adapter (per_row.lora's cell, else sampling.lora), or why it has none."""
+        name = sampling.lora
+        if name is None or name in self.spec.model.lora:
+            return name, None
+        column = self.spec.sampling.per_row.get("lora")
+        return None, (f"unknown LoRA adapter {name!r} in column {column!r}: model.lora has "
+                      f"{', '.join(sorted(self.spec.model.lora))}")
 
     def _chat(self, messages: list[dict]) -> tuple[str, str | None]:
         try:
@@ -111,10 +144,18 @@ class Renderer:
         if not values:
             return self.spec.sampling, None
         try:
+            values, structured_from = structured.row_fields(values, per_row, cols[self.spec.input.id_column][i])
+        except structured.RowValueError as e:
+            return self.spec.sampling, str(e)
+        try:
             return SamplingSpec.model_validate({**self._base, **values}), None
         except ValidationError as e:
             first = e.errors()[0]
             field_name = str(first["loc"][0])
+            if field_name == "structured" and structured_from:  # the cell's column, and no schema echoed in full
+                return self.spec.sampling, (f"invalid per-row value in column {per_row[structured_from]!r} for "
+                                            f"{structured_from} (row id {cols[self.spec.input.id_column][i]!r}): "
+                                            f"{first['msg'].removeprefix('Value error, ')}")[:500]
             return self.spec.sampling, (f"invalid per-row value in column {per_row.get(field_name, field_name)!r} "
                                         f"for {field_name}: {first['msg']} (got {first.get('input')!r})")
 
@@ -141,11 +182,15 @@ def _check_messages(messages: Any, column: str) -> str | None:
     if not isinstance(messages, list):
         return f"column {column!r} must hold a list of {{role, content}}, got {type(messages).__name__}"
     for k, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m.get("content") is None:
             return f"column {column!r}, message {k}: needs string fields role and content, got {m!r}"[:300]
+        problem = check_parts(m["content"])
+        if problem:
+            return f"column {column!r}, message {k}: {problem}"
     return None
 
 
 def order_by_prefix(reqs: Sequence[Request]) -> list[Request]:
-    """Rows sharing a token prefix end up adjacent, so their prefill hits the prefix cache."""
-    return sorted(reqs, key=lambda r: r.token_ids)
+    """Rows sharing a token prefix end up adjacent, so their prefill hits the prefix cache; rows of
+    one LoRA adapter too (base model first), so the engine switches adapters rarely."""
+    return sorted(reqs, key=lambda r: (r.lora or "", r.token_ids))

@@ -34,6 +34,7 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
+from batchgen.run.structured import finish_row
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.lease import LeaseBook
@@ -99,13 +100,13 @@ class Runner:
             prep.observer.finish(summary)
             return summary
 
-        engine = self._start_engine()
+        engine = self._start_engine(prep.engine_spec)
         summary.engine_version, summary.device = engine.info.version, engine.info.device
         summary.engine_start_seconds, summary.engine_ready_at = engine.info.start_seconds, time.time()
         summary.engine_options = dict(engine.info.options)
         source = self._unit_source(prep)
-        feeder = Feeder(spec, source, prep.ledger.done_mask, Renderer(spec, prep.tokenizer, engine.max_prompt_tokens),
-                        spec.input_columns(), prep.input)
+        renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens, image_placeholder=prep.image_placeholder)
+        feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
         # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
@@ -223,7 +224,7 @@ class Runner:
         f.since_checkpoint, f.last_checkpoint = 0, time.monotonic()
 
     # -- engine start --------------------------------------------------------------------------
-    def _start_engine(self) -> Engine:
+    def _start_engine(self, spec: JobSpec) -> Engine:
         """The engine. A SIGTERM/SIGINT while it starts (minutes on a GPU: compilation, CUDA graphs) ends
         the process at once with exit 75: no row is in flight and no unit is claimed yet, so there is
         nothing to finish or commit. (Exiting from the handler is deliberate: vLLM waits for its engine
@@ -238,7 +239,7 @@ class Runner:
 
         with signals.handling(stop_now):
             self.lock.watch()  # the engine's processes die with this one, even by SIGKILL
-            return self.opts.engine_factory(self.spec)
+            return self.opts.engine_factory(spec)
 
     # -- after ---------------------------------------------------------------------------------
     @staticmethod
@@ -255,9 +256,11 @@ class Runner:
 
 
 def _output_row(req: Request, c: Completion) -> OutputRow:
-    return OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
-                     output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
-                     error=c.error, passthrough=req.passthrough)
+    row = OutputRow(id=req.id, row_index=req.row_index, seed=req.seed, texts=c.texts, finish_reasons=c.finish_reasons,
+                    output_tokens=c.output_tokens, prompt_tokens=c.prompt_tokens, cached_tokens=c.cached_tokens,
+                    error=c.error, passthrough=req.passthrough)
+    finish_row(row, req, c)  # structured outputs, logprobs, scores (run.structured)
+    return row
 
 
 def _error_row(req: Request, error: str) -> OutputRow:

@@ -23,6 +23,7 @@ class Counters:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    invalid_json: int = 0  # of the error rows: generated, but the JSON failed its check (text kept)
 
     def add_rows(self, rows: Iterable[OutputRow]) -> None:
         for r in rows:
@@ -31,6 +32,7 @@ class Counters:
             self.prompt_tokens += r.prompt_tokens
             self.cached_tokens += r.cached_tokens
             self.output_tokens += sum(r.output_tokens)
+            self.invalid_json += r.invalid_json
 
     def merge(self, other: Counters) -> Counters:
         return Counters(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
@@ -44,7 +46,7 @@ STATS_SCHEMA = pa.schema([
     ("unit", pa.string()), ("seq", pa.int64()), ("worker", pa.string()), ("committed_at", pa.float64()),
     ("rows", pa.int64()), ("errors", pa.int64()), ("prompt_tokens", pa.int64()), ("cached_tokens", pa.int64()),
     ("output_tokens", pa.int64()), ("cache_hit_rate", pa.float64()), ("span_seconds", pa.float64()),
-    ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()),
+    ("upload_seconds", pa.float64()), ("upload_backlog", pa.int64()), ("invalid_json", pa.int64()),
 ])
 
 
@@ -70,6 +72,8 @@ def stats_from_part(data: bytes, unit: str, seq: int) -> dict[str, Any]:
     row: dict[str, Any] = {f.name: None for f in STATS_SCHEMA}
     row.update(unit=unit, seq=seq, worker=read_meta(data).get("worker", "?"), rows=table.num_rows,
                errors=table.num_rows - table.column("error").null_count, **sums,
+               # run.structured's reasons all say "invalid JSON" (also "completion k of n: invalid JSON: ...")
+               invalid_json=int(pc.sum(pc.match_substring(table.column("error"), "invalid JSON")).as_py() or 0),
                cache_hit_rate=sums["cached_tokens"] / sums["prompt_tokens"] if sums["prompt_tokens"] else 0.0)
     return row
 
@@ -127,7 +131,9 @@ class Summary:
         state = "interrupted (rerun to resume)" if self.interrupted else ("complete" if self.complete else "this worker's share done")
         return [
             f"batchgen summary [{self.job} / {self.worker}]: {state}",
-            f"  rows      {d['rows']} generated this run, {d['errors']} errors, {self.rows_skipped} already committed, {self.rows_total} in this share",
+            f"  rows      {d['rows']} generated this run, {d['errors']} errors"
+            + (f" ({d['invalid_json']} invalid JSON)" if d["invalid_json"] else "")
+            + f", {self.rows_skipped} already committed, {self.rows_total} in this share",
             f"  tokens    prompt {d['prompt_tokens']}, cached {d['cached_tokens']} (hit rate {d['cache_hit_rate']:.1%}), output {d['output_tokens']}",
             f"  speed     {d['rows_per_second']} rows/s, {d['output_tokens_per_second']} output tok/s over {self.generate_seconds:.1f}s",
             f"  time      wall {self.wall_seconds:.1f}s, engine start {self.engine_start_seconds:.1f}s, waiting on uploads {self.upload_wait_seconds:.1f}s"

@@ -46,3 +46,22 @@ def encode_ids(tok: Any, texts: list[str], add_special_tokens: bool) -> list[lis
         return tok(texts, add_special_tokens=add_special_tokens)["input_ids"]
     fast = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21: no offsets computed
     return [e.ids for e in fast(texts, add_special_tokens=add_special_tokens)]
+# Where processors name the text that stands for one image (transformers writes processor_config.json
+# since v5, preprocessor_config.json before; some tokenizers carry it themselves).
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def image_placeholder(model: ModelSpec, tokenizer: Any = None) -> str | None:
+    """The model's image placeholder (`<image>` for LLaVA), or None if its files do not say."""
+    import json
+
+    folder = Path(model.tokenizer or model.path).expanduser()
+    for name in _PROCESSOR_FILES:
+        try:
+            token = json.loads((folder / name).read_text()).get("image_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(token, str) and token:
+            return token
+    token = getattr(tokenizer, "image_token", None)
+    return token if isinstance(token, str) and token else None
