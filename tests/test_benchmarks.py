@@ -52,7 +52,7 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
     first = subprocess.run(script, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     log = (out / "progress.log").read_text()
-    for block in "BCDE":
+    for block in "BGCDE":
         assert f"{block} (dry run): exit 0" in log, log + (state / "logs" / f"{block}.log").read_text()
     assert "A: exit 0" in log, log + (state / "logs" / "A.log").read_text()[-3000:]
 
@@ -155,23 +155,24 @@ def _cmdline(proc_dir) -> str:
 
 @pytest.mark.engine
 def test_structured_workloads_tiny(tmp_path):
-    """CH (choice + label scores) and JS (JSON schema) through the raw loop and batchgen, same options."""
+    """CH (choice + label scores) and JS (JSON schema) through batchgen and the raw loop with its options."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--workload", "CH", "--workload", "JS", "--rows", "12",
-           "--methods", "raw1,batchgen", "--out", str(out), "--work", str(tmp_path / "work"), "--timeout", "200"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = _harness(tmp_path, out, "-w", "CH", "-w", "JS", "--rows", "12", "--rounds", "1", "--methods", "batchgen,raw1",
+                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())["results"]
-    assert [(r["workload"], r["method"]) for r in rows] == [("CH", "raw one call"), ("CH", "batchgen"),
-                                                           ("JS", "raw one call"), ("JS", "batchgen")]
+    rows = _results(out)["results"]
+    assert [(r["workload"], r["method"]) for r in rows] == [("CH", "batchgen"), ("CH", "raw one call"),
+                                                           ("JS", "batchgen"), ("JS", "raw one call")]
     for r in rows:
-        assert r["status"] == "ok" and r["rows"] == 12 and r["req_s"] > 0 and r["x_raw"] > 0
+        assert r["status"] == "ok" and r["rows"] == 12 and r["req_s"] > 0, r
     # The grammar ends each completion: a label is a few tokens, not max_tokens.
     ch = [r for r in rows if r["workload"] == "CH"]
     assert all(r["output_tokens"] < 12 * 8 for r in ch)
-    parts = pq.read_table(tmp_path / "work" / "runs" / "CH-batchgen" / "out" / "parts").to_pylist()
+    assert {r["output_tokens"] for r in ch} and ch[1]["options_diff"] == {}
+    runs = tmp_path / "work" / "runs" / out.name
+    parts = pq.read_table(next(runs.glob("CH-12-r0-batchgen")) / "out" / "parts").to_pylist()
     assert {p["label"] for p in parts} <= {"positive", "negative", "mixed"} and all(p["label_scores"] for p in parts)
-    js = pq.read_table(tmp_path / "work" / "runs" / "JS-batchgen" / "out" / "parts").to_pylist()
+    js = pq.read_table(next(runs.glob("JS-12-r0-batchgen")) / "out" / "parts").to_pylist()
     assert all(p["parsed"] is not None or p["error"].startswith("invalid JSON") for p in js)
 
 

@@ -18,8 +18,11 @@
 # +100-120 s (S in block A, the 8B in block B; run_batch's defaults (2048 batched tokens) compile again).
 #   A  S (12,000 rows; ~39 s at 310 req/s): batchgen | raw one call + calls of 512 (one process) |
 #      batchgen, 2 engines on the GPU; 3 rounds of ~75 + 120 + 75 s      ~14 min (+2 cold)   calls 1-2
-#   B  W1 (1,000 rows; ~42 s at 24 req/s): batchgen | raw one call + calls of 512; 3 x (85 + 135 s)
-#                                                                        ~11 min (+2 cold)   calls 2-3
+#   B  W1 (1,000 rows; ~42 s at 24 req/s): batchgen | raw one call; 3 x (85 + 90 s)
+#                                                                        ~9 min (+2 cold)    calls 2-3
+#   G  issue 13's structured workloads on the 8B shape, one round: CH (jobs/label.yaml's choice of 3 labels
+#      with label scores, 4,000 rows) and JS (a JSON schema, 1,000 rows): batchgen | raw one call with the
+#      same SamplingParams; 2 x (70 + 70 s)                              ~5 min              call 3
 #   C  S-T (8,000 rows) and SYN (2,500 rows, n=4): batchgen | raw + raw of 512; 3 x (75 + 110) each
 #                                                                        ~19 min             calls 3-4
 #   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | raw one call with vLLM's defaults |
@@ -29,7 +32,7 @@
 #   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
 #      A second engine starts ~20 s after the first (one after another on a GPU), so with 12,000 rows it
 #      joins late and a third not at all; 30,000 rows show what they do for a long job   ~25 min
-# Four calls of ~8.5 min reach into block C; the rest waits for a later session (same command: a fresh
+# Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
 # stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
@@ -39,7 +42,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-A B C D E F}
+blocks=${S4_BLOCKS:-A B G C D E F}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -47,7 +50,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B C D E F"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B G C D E F"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -77,7 +80,8 @@ bench() {
 }
 
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
-bench B "$rounds" -w W1 --methods batchgen,raw1,rawN
+bench B "$rounds" -w W1 --methods batchgen,raw1
+bench G 1 -w CH -w JS --methods batchgen,raw1
 bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
 bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
