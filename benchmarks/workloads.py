@@ -128,7 +128,7 @@ def select(name: str, *, rows: int | None = None, tiny_from: Path | None = None)
     if tiny_from is not None:
         d = TINY_DIVISOR
         # A structured workload's output_tokens is a cap its labels or JSON must fit in: kept.
-        out = wl.output_tokens if wl.sampling else max(wl.output_tokens // d, 4)
+        out = wl.output_tokens if wl.sampling.get("structured") else max(wl.output_tokens // d, 4)
         wl = dataclasses.replace(wl, shape=tiny_shape(tiny_from), prompt_tokens=max(wl.prompt_tokens // d, 8),
                                  output_tokens=out, prefix_tokens=wl.prefix_tokens // d,
                                  rows=min(wl.rows, 64), note=wl.note + f" (tiny: lengths / {d})")
