@@ -152,6 +152,8 @@ def run(
                                    help="This host's folder for worker locks and the record of engine processes "
                                         "(a rerun ends what a killed run left running)."),
     engine_of_node: Optional[int] = typer.Option(None, "--engine-of-node", hidden=True, help="Set by the node supervisor for its engines."),
+    ready_file: Optional[Path] = typer.Option(None, "--ready-file", hidden=True, help="Set by the node supervisor: written once the engine is up."),
+    start_file: Optional[Path] = typer.Option(None, "--start-file", hidden=True, help="Set by the node supervisor: start the engine once this exists."),
 ) -> None:
     """Run a job: read prompts, generate with vLLM, commit Parquet parts. Rerun the same command to resume.
 
@@ -186,12 +188,15 @@ def run(
                     typer.echo(line)
                 raise typer.Exit(result.exit_code)
         else:
+            from batchgen.node.sharing import gated_engine_factory
             from batchgen.node.supervisor import die_with_parent
 
             die_with_parent()
+        factory = functools.partial(start_engine, log_level=vllm_log_level)
+        if ready_file or start_file:  # an engine sharing its GPU: starts after the one before it (node/sharing.py)
+            factory = gated_engine_factory(factory, start_file, ready_file)
         summary = Runner(spec, RunOptions(rank=r, world_size=w, worker=worker, force=force, claim=engine_of_node is not None,
-                                          engine_factory=functools.partial(start_engine, log_level=vllm_log_level),
-                                          state_dir=state_dir.expanduser())).run()
+                                          engine_factory=factory, state_dir=state_dir.expanduser())).run()
     except BatchgenError as e:
         _fail(e)
         return

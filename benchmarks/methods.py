@@ -1,39 +1,49 @@
-"""The methods compared, each run in its own process on the same model folder, prompts and engine options.
+"""The methods compared, by the short names `--methods` takes, and the order they run in.
 
-raw one call      `LLM.generate(all_prompts)`
-raw calls of N    `LLM.generate` on N prompts at a time (hand-written chunking)
-batchgen          `batchgen run job.yaml`: Parquet in, a commit every few seconds, Parquet out
-batchgen 1 commit the same with a single commit at the end (what checkpointing costs)
+raw1        raw one call: `LLM.generate(all_prompts)` with batchgen's engine options (read back from its engine)
+rawN        raw calls of N: `LLM.generate` on N prompts at a time, batchgen's engine options
+raw1d       raw one call with vLLM's defaults (what a user gets without tuning)
+rawNd       raw calls of N with vLLM's defaults
+runbatch    vLLM's run_batch on the same prompts as an OpenAI batch file, vLLM's defaults (as a user runs it)
+runbatcht   the same with batchgen's engine options as flags
+batchgen    `batchgen run job.yaml`: Parquet in, a commit every 5 s, Parquet out
+batchgen1   the same with a single commit at the end (what checkpointing costs)
+LABEL       a batchgen variant given with `--variant LABEL=KEY=VALUE[;KEY=VALUE...]` (job overrides)
+
+Each round runs every method once, in the order given, and rounds repeat (A B C A B C ...). Adjacent raw
+methods of the same kind (raw1,rawN) share one process and engine, the order of their calls swapped
+every other round. Methods "with batchgen's options" take them from plain batchgen's latest run of
+the workload, so plain batchgen must come before them in the list (or `--options-from` a results file).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-import yaml
-
 from benchmarks.workloads import Workload
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKER = "bench"
+PLAIN = "batchgen"
 
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    kind: str  # "raw" or "batchgen"
+    name: str  # as the table shows it
+    kind: str  # "raw", "run_batch" or "batchgen"
     chunk: int = 0  # raw: prompts per generate call (0: all in one)
+    tuned: bool = False  # raw, run_batch: batchgen's engine options (else vLLM's defaults)
     commit_seconds: float | None = 5.0  # batchgen: commit every N seconds; None: one commit at the end
+    sets: tuple[str, ...] = ()  # batchgen: job overrides of a variant
+
+    @property
+    def plain(self) -> bool:
+        """batchgen as a user runs it: the reference whose engine options the tuned methods copy."""
+        return self.kind == "batchgen" and not self.sets and self.commit_seconds is not None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")[:80]
 
 
 @dataclass(frozen=True)
@@ -43,116 +53,63 @@ class Setup:
     workload: Workload
     model: Path
     prompts: Path
+    requests: Path | None  # the prompts as an OpenAI batch requests file (run_batch); None for structured workloads
     work: Path
-    engine: dict  # vLLM engine options, given to LLM(...) and to the job's `model:` section alike
-    temperature: float = 0.0
-    batchgen_sets: list[str] = field(default_factory=list)  # extra `--set` overrides for batchgen
+    engine: dict  # vLLM engine options for every method (job `model:` section; the raw loop's LLM(...))
+    batchgen_sets: list[str] = field(default_factory=list)  # `--set` overrides for every batchgen method
 
 
-def methods(chunk: int, *, one_commit: bool) -> list[Method]:
-    out = [Method("raw one call", "raw"), Method(f"raw calls of {chunk}", "raw", chunk=chunk), Method("batchgen", "batchgen")]
-    if one_commit:
-        out.append(Method("batchgen 1 commit", "batchgen", commit_seconds=None))
+def registry(chunk: int, variants: dict[str, tuple[str, ...]]) -> dict[str, Method]:
+    methods = {
+        "raw1": Method("raw one call", "raw", tuned=True),
+        "rawN": Method(f"raw calls of {chunk}", "raw", chunk=chunk, tuned=True),
+        "raw1d": Method("raw one call, vLLM defaults", "raw"),
+        "rawNd": Method(f"raw calls of {chunk}, vLLM defaults", "raw", chunk=chunk),
+        "runbatch": Method("vLLM run_batch", "run_batch"),
+        "runbatcht": Method("vLLM run_batch, batchgen's options", "run_batch", tuned=True),
+        "batchgen": Method(PLAIN, "batchgen"),
+        "batchgen1": Method("batchgen 1 commit", "batchgen", commit_seconds=None),
+    }
+    for label, sets in variants.items():
+        if label in methods:
+            raise SystemExit(f"variant name {label!r} is taken by a method; choose another")
+        methods[label] = Method(f"batchgen {label} [{'; '.join(sets)}]", "batchgen", sets=sets)
+    return methods
+
+
+def parse_variants(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """`e2=runtime.engines_per_gpu=2;model.max_num_seqs=256` -> {"e2": ("runtime.engines_per_gpu=2", ...)}."""
+    out: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        label, sep, sets = item.partition("=")
+        if not sep or not label.strip() or "=" not in sets:
+            raise SystemExit(f"--variant expects LABEL=KEY=VALUE[;KEY=VALUE], got {item!r}")
+        out[label.strip()] = tuple(s.strip() for s in sets.split(";") if s.strip())
     return out
 
 
-def run_method(m: Method, setup: Setup, timeout: float) -> dict:
-    """Run one method in a child process; a failure or timeout becomes a result with `status` set."""
-    slug = re.sub(r"[^a-z0-9]+", "-", m.name.lower()).strip("-")
-    if setup.batchgen_sets and m.kind == "batchgen":  # a variant must not overwrite the default's folder and log
-        slug += "-" + re.sub(r"[^a-z0-9]+", "-", "-".join(setup.batchgen_sets).lower()).strip("-")[:60]
-    folder = setup.work / f"{setup.workload.name}-{slug}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    cmd = _raw_command(m, setup, folder) if m.kind == "raw" else _batchgen_command(m, setup, folder)
-    log = folder / "log.txt"
-    t0 = time.monotonic()
-    status = "ok"
-    with log.open("w") as f:
-        # Own process group: on a timeout vLLM's engine-core child must die too, or it keeps the GPU's memory.
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            rc, status = -1, "timeout"
-        finally:
-            _kill_group(proc)
-    process_s = time.monotonic() - t0
-    text = log.read_text(errors="replace")
-    if status == "ok" and rc != 0:
-        status = f"failed (exit {rc})"
-    result: dict = {"method": m.name, "kind": m.kind, "status": status, "process_s": process_s, "log": str(log)}
-    if status == "ok":
-        try:
-            result.update(_raw_result(folder) if m.kind == "raw" else _batchgen_result(folder, setup))
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            status = result["status"] = f"failed ({e})"
-        mbt = re.findall(r"max_num_batched_tokens=(\d+)", text)
-        result.setdefault("max_num_batched_tokens", int(mbt[-1]) if mbt else None)
-    if status != "ok":
-        result["log_tail"] = "\n".join(text.splitlines()[-25:])
-    return result
+def pick(spec: str, chunk: int, variants: dict[str, tuple[str, ...]], options_given: bool) -> list[Method]:
+    every = registry(chunk, variants)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(every)}")
+    todo = [every[n] for n in names]
+    first_plain = next((i for i, m in enumerate(todo) if m.plain), None)
+    early = [m.name for i, m in enumerate(todo) if m.tuned and (first_plain is None or i < first_plain)]
+    if early and not options_given:
+        raise SystemExit(f"{', '.join(early)} use batchgen's engine options: put `batchgen` before them in --methods, "
+                         "or pass --options-from RESULTS.json")
+    return todo
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    proc.wait()
-
-
-def _raw_command(m: Method, setup: Setup, folder: Path) -> list[str]:
-    cfg = {"model": str(setup.model), "prompts": str(setup.prompts), "engine": setup.engine,
-           "max_tokens": setup.workload.output_tokens, "temperature": setup.temperature, "chunk": m.chunk,
-           "sampling": setup.workload.sampling}
-    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
-    return [sys.executable, "-m", "benchmarks.raw", str(folder / "config.json"), str(folder / "result.json")]
-
-
-def _raw_result(folder: Path) -> dict:
-    return json.loads((folder / "result.json").read_text())
-
-
-def batchgen_job(m: Method, setup: Setup, out: Path) -> dict:
-    """The job file a user would write for this workload."""
-    commit = ({"every_seconds": m.commit_seconds} if m.commit_seconds
-              else {"every_rows": 10**9, "every_seconds": 1e9})
-    return {
-        "name": f"bench-{setup.workload.name}",
-        "input": {"path": str(setup.prompts)},
-        "prompt": {"column": "prompt"},
-        "model": {"path": str(setup.model), **setup.engine},
-        # Structured workloads end where their grammar does (ignore_eos would let text run on past it).
-        "sampling": {"temperature": setup.temperature, "max_tokens": setup.workload.output_tokens,
-                     "ignore_eos": not setup.workload.sampling, **setup.workload.sampling},
-        "output": {"path": str(out)},
-        "checkpoint": commit,
-        "runtime": {"progress": "lines", "progress_seconds": 10},
-    }
-
-
-def _batchgen_command(m: Method, setup: Setup, folder: Path) -> list[str]:
-    job = folder / "job.yaml"
-    job.write_text(yaml.safe_dump(batchgen_job(m, setup, folder / "out"), sort_keys=False))
-    sets = [a for s in setup.batchgen_sets for a in ("--set", s)]
-    return [sys.executable, "-m", "batchgen", "run", str(job), "--worker-id", WORKER, *sets]
-
-
-def _batchgen_result(folder: Path, setup: Setup) -> dict:
-    from batchgen.engine.vllm import GPU_DEFAULT_MAX_NUM_SEQS
-
-    out, expected_rows = folder / "out", setup.workload.rows
-    s = json.loads((out / "_batchgen" / f"summary-{WORKER}.json").read_text())
-    ids = pq.read_table(out / "parts", columns=["id"]).column(0)
-    if len(ids) != expected_rows or len(ids.unique()) != expected_rows:
-        raise RuntimeError(f"batchgen wrote {len(ids)} rows ({len(ids.unique())} distinct ids), expected {expected_rows}")
-    parts = len(list((out / "parts").glob("*.parquet")))
-    return {
-        "rows": s["rows"], "errors": s["errors"], "prompt_tokens": s["prompt_tokens"], "cached_tokens": s["cached_tokens"],
-        "output_tokens": s["output_tokens"], "engine_start_s": s["engine_start_seconds"],
-        "generate_s": s["generate_seconds"], "wall_s": s["wall_seconds"], "vllm_version": s["engine_version"],
-        "device": s["device"], "parts": parts, "upload_wait_s": s["upload_wait_seconds"],
-        # Not in the summary: the job's value, else batchgen's GPU default (vLLM's own on CPU).
-        "max_num_seqs": setup.engine.get("max_num_seqs") or (GPU_DEFAULT_MAX_NUM_SEQS if "cuda" in s["device"].lower() else None),
-    }
+def groups(todo: list[Method], round_index: int) -> list[list[Method]]:
+    """One round's processes: adjacent raw methods of one kind share a process (calls swapped every other round)."""
+    out: list[list[Method]] = []
+    for m in todo:
+        last = out[-1] if out else None
+        if last and m.kind == "raw" and last[0].kind == "raw" and last[0].tuned == m.tuned:
+            last.append(m)
+        else:
+            out.append([m])
+    return [g[::-1] if len(g) > 1 and round_index % 2 == 0 else g for g in out]

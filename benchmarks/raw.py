@@ -2,9 +2,12 @@
 
     python -m benchmarks.raw CONFIG.json RESULT.json
 
-CONFIG holds model, prompts (Parquet), engine (LLM keyword arguments), max_tokens, temperature and
-chunk (0: all prompts in one call; N: calls of N prompts). Engine start is timed apart; throughput
-counts from the first request to the last result.
+CONFIG holds model, prompts (Parquet), engine (LLM keyword arguments), max_tokens, sampling (the
+workload's, see benchmarks/sampling.py) and calls: [{"method": name, "chunk": N}, ...], run one after
+the other on the same engine (chunk 0: all prompts in one call; N: calls of N prompts), with the prefix
+cache emptied between them. Engine start is timed apart; each call's throughput counts from its first
+request to its last result (tokenization included, as a user's loop pays it). RESULT is rewritten
+after every call, so a run cut short keeps the calls it finished.
 """
 
 from __future__ import annotations
@@ -17,36 +20,43 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def run(cfg: dict) -> dict:
+def _generate(llm, prompts: list[str], params, chunk: int) -> tuple[list, float]:
+    chunk = chunk or len(prompts)
+    outputs = []
+    t0 = time.monotonic()
+    for i in range(0, len(prompts), chunk):
+        batch_params = params[i:i + chunk] if isinstance(params, list) else params
+        outputs += llm.generate(prompts[i:i + chunk], batch_params, use_tqdm=False)
+    return outputs, time.monotonic() - t0
+
+
+def run(cfg: dict, result_path: Path) -> dict:
     import vllm
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
+
+    from batchgen.engine.vllm import effective_options
+    from benchmarks.sampling import raw_params
 
     t0 = time.monotonic()  # after the imports, as batchgen's engine_start_seconds
     llm = LLM(model=cfg["model"], seed=0, **cfg["engine"])
     engine_start = time.monotonic() - t0
-    prompts = pq.read_table(cfg["prompts"], columns=["prompt"]).column(0).to_pylist()
-    params = SamplingParams(max_tokens=cfg["max_tokens"], temperature=cfg["temperature"],
-                            ignore_eos=not cfg.get("sampling"), **structured_options(cfg.get("sampling") or {}, llm))
-    chunk = cfg["chunk"] or len(prompts)
-    outputs = []
-    t1 = time.monotonic()
-    for i in range(0, len(prompts), chunk):
-        outputs += llm.generate(prompts[i:i + chunk], params, use_tqdm=False)
-    seconds = time.monotonic() - t1
-    sched = llm.llm_engine.vllm_config.scheduler_config
-    return {
-        "rows": len(outputs),
-        "errors": 0,
-        "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
-        "cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
-        "output_tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs),
-        "engine_start_s": engine_start,
-        "generate_s": seconds,
-        "vllm_version": vllm.__version__,
-        "device": _device(),
-        "max_num_seqs": sched.max_num_seqs,
-        "max_num_batched_tokens": sched.max_num_batched_tokens,
-    }
+    table = pq.read_table(cfg["prompts"], columns=["id", "prompt"]).to_pydict()
+    prompts, ids = table["prompt"], table["id"]
+    params = raw_params(cfg["sampling"], cfg["max_tokens"], ids, llm)
+    result = {"engine_start_s": engine_start, "vllm_version": vllm.__version__, "device": _device(),
+              "engine_options": effective_options(llm.llm_engine.vllm_config), "calls": []}
+    for k, call in enumerate(cfg["calls"]):
+        if k:
+            llm.reset_prefix_cache()  # the calls share the engine, not its cache: same prompts again
+        outputs, seconds = _generate(llm, prompts, params, call["chunk"])
+        result["calls"].append({
+            "method": call["method"], "rows": len(outputs), "errors": 0, "generate_s": seconds,
+            "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
+            "cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
+            "output_tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs),
+        })
+        result_path.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def structured_options(sampling: dict, llm) -> dict:
@@ -78,8 +88,7 @@ def _device() -> str:
 
 def main(argv: list[str]) -> int:
     cfg = json.loads(Path(argv[0]).read_text())
-    result = run(cfg)
-    Path(argv[1]).write_text(json.dumps(result, indent=1))
+    run(cfg, Path(argv[1]))
     return 0
 
 

@@ -16,6 +16,10 @@ import pyarrow.parquet as pq
 from benchmarks.workloads import ModelShape, Workload
 
 SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: never drawn for prompts
+# run_batch only takes chat requests: this template renders a one-message chat as its text unchanged, so
+# run_batch's prompts are token for token the others' (the tokenizer adds no special tokens either).
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+FOLDER_VERSION = 2  # bump when the files written here change
 
 
 def _tokenizer_json(vocab: int) -> str:
@@ -32,7 +36,7 @@ def write_model_folder(shape: ModelShape, folder: Path) -> Path:
     """config.json + tokenizer files; no weights (vLLM's `load_format: dummy` makes random ones)."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / ".shape.json"
-    want = json.dumps(shape.config(), sort_keys=True)
+    want = json.dumps({**shape.config(), "folder_version": FOLDER_VERSION}, sort_keys=True)
     if stamp.exists() and stamp.read_text() == want:
         return folder
     (folder / "config.json").write_text(json.dumps(shape.config(), indent=1))
@@ -41,6 +45,7 @@ def write_model_folder(shape: ModelShape, folder: Path) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": SPECIALS[0], "bos_token": SPECIALS[1],
         "eos_token": SPECIALS[2], "model_max_length": shape.max_positions, "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
     }))
     stamp.write_text(want)
     return folder
@@ -75,4 +80,21 @@ def write_prompts(wl: Workload, path: Path, row_group: int = 1024) -> Path:
     table = pa.table({"id": pa.array([f"r{i:07d}" for i in range(len(texts))]), "prompt": pa.array(texts)})
     pq.write_table(table, path, row_group_size=row_group)
     stamp.write_text(wl.fingerprint())
+    return path
+
+
+def write_requests(wl: Workload, prompts: Path, model: Path, path: Path) -> Path:
+    """The prompts as an OpenAI batch requests file (chat completions), for vLLM's run_batch."""
+    from benchmarks.sampling import request_body
+
+    want = json.dumps({"workload": wl.fingerprint(), "model": str(model), "prompts": str(prompts)})
+    stamp = path.with_suffix(".workload.json")
+    if path.exists() and stamp.exists() and stamp.read_text() == want:
+        return path
+    table = pq.read_table(prompts, columns=["id", "prompt"]).to_pydict()
+    with path.open("w") as f:
+        for rid, text in zip(table["id"], table["prompt"]):
+            body = request_body(wl.sampling, wl.output_tokens, str(model), text, rid)
+            f.write(json.dumps({"custom_id": rid, "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n")
+    stamp.write_text(want)
     return path

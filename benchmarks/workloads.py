@@ -2,13 +2,17 @@
 
 Shapes are real architectures with random (`load_format: dummy`) weights: the speed is the real one,
 the text is noise. Output lengths are fixed by `ignore_eos`, so every method does the same work.
+Row counts are sized for >= 30 s of generation per method on an H200 (docs/benchmarks.md's figures):
+S ~310 req/s, W1 ~24, W3 ~40; S-T and SYN are guesses (seeded sampling is slower in vLLM 0.26).
+A workload's `sampling` holds the job's `sampling:` keys beyond max_tokens and ignore_eos, as a user
+writes them; benchmarks/sampling.py turns them into the raw loop's SamplingParams and run_batch's bodies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -58,10 +62,14 @@ class Workload:
     prefixes: int = 1  # distinct shared prefixes, assigned round-robin
     shuffle: bool = False  # rows in random order (else rows sharing a prefix are adjacent)
     note: str = ""
-    # Structured workloads: job `sampling` keys (batchgen's names) for both methods (benchmarks/raw.py maps them
-    # onto SamplingParams). Their output_tokens is max_tokens, not a fixed length: the grammar ends a completion.
-    sampling: dict = field(default_factory=dict)
+    # Job `sampling:` keys, e.g. {"temperature": 0.8, "n": 4}. Structured workloads (a `structured` key): their
+    # output_tokens is max_tokens, not a fixed length: the grammar ends a completion.
+    sampling: dict = dataclasses.field(default_factory=dict)
     tokenizer: str = "words"  # "words": w<i> = token i (synth.py); "bpe": byte-level BPE, which JSON needs (structured_bench.py)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.sampling.get("temperature", 0.0))
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -78,10 +86,14 @@ WORKLOADS: dict[str, Workload] = {
                    note="8B shape, 1024 in / 256 out, unique prompts"),
     "W2": Workload("W2", LLAMA_8B, rows=1000, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
                    note="8B shape, 2048 in of which 1536 shared by all rows, 128 out"),
-    "W3": Workload("W3", LLAMA_8B, rows=1000, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
+    "W3": Workload("W3", LLAMA_8B, rows=1200, prompt_tokens=2048, output_tokens=128, prefix_tokens=1536,
                    prefixes=50, shuffle=True, note="as W2 with 50 different prefixes, rows shuffled"),
-    "S": Workload("S", SMALL_06B, rows=4000, prompt_tokens=256, output_tokens=128,
+    "S": Workload("S", SMALL_06B, rows=12000, prompt_tokens=256, output_tokens=128,
                   note="0.6B shape, 256 in / 128 out, unique prompts"),
+    "S-T": Workload("S-T", SMALL_06B, rows=8000, prompt_tokens=256, output_tokens=128,
+                    sampling={"temperature": 0.8}, note="S at temperature 0.8, a seed per row"),
+    "SYN": Workload("SYN", SMALL_06B, rows=2500, prompt_tokens=256, output_tokens=128,
+                    sampling={"temperature": 0.8, "n": 4}, note="S with n=4 at temperature 0.8, a seed per row (synthetic data)"),
     # jobs/label.yaml's shape: a shared instruction, a short text, one of three labels with their scores.
     "CH": Workload("CH", LLAMA_8B, rows=4000, prompt_tokens=320, output_tokens=8, prefix_tokens=192, tokenizer="bpe",
                    sampling={"structured": {"choice": ["positive", "negative", "mixed"]}, "choice_scores": True},
@@ -116,7 +128,7 @@ def select(name: str, *, rows: int | None = None, tiny_from: Path | None = None)
     if tiny_from is not None:
         d = TINY_DIVISOR
         # A structured workload's output_tokens is a cap its labels or JSON must fit in: kept.
-        out = wl.output_tokens if wl.sampling else max(wl.output_tokens // d, 4)
+        out = wl.output_tokens if wl.sampling.get("structured") else max(wl.output_tokens // d, 4)
         wl = dataclasses.replace(wl, shape=tiny_shape(tiny_from), prompt_tokens=max(wl.prompt_tokens // d, 8),
                                  output_tokens=out, prefix_tokens=wl.prefix_tokens // d,
                                  rows=min(wl.rows, 64), note=wl.note + f" (tiny: lengths / {d})")

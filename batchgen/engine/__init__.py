@@ -17,4 +17,11 @@ def start_engine(spec: JobSpec, log_level: str | None = None) -> Engine:
     return VllmEngine(spec, log_level=log_level)
 
 
-__all__ = ["Completion", "Engine", "EngineInfo", "start_engine"]
+def preload_engine(spec: JobSpec) -> None:
+    """Import what start_engine needs (seconds for vLLM), so that a later start_engine only starts it."""
+    if spec.runtime.engine == "vllm":
+        import vllm.engine.arg_utils  # noqa: F401
+        import vllm.v1.engine.llm_engine  # noqa: F401
+
+
+__all__ = ["Completion", "Engine", "EngineInfo", "preload_engine", "start_engine"]

@@ -20,14 +20,15 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     passthrough: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # The engine's request id: unique within a run (a unit's rows have distinct row indexes). Made once:
+    # the loop looks it up several times per row.
+    key: str = field(init=False, default="")
     score_from: int | None = None  # scoring mode: the first prompt position whose logprob is scored (run.scoring)
     lora: str | None = None  # the LoRA adapter's name (model.lora), or None for the base model
     images: list[Any] | None = None  # decoded images (PIL), one per placeholder in token_ids
 
-    @property
-    def key(self) -> str:
-        """The engine's request id: unique within a run (a unit's rows have distinct row indexes)."""
-        return f"{self.unit}#{self.row_index}"
+    def __post_init__(self) -> None:
+        self.key = f"{self.unit}#{self.row_index}"
 
 
 @dataclass
@@ -59,6 +60,8 @@ class EngineInfo:
     max_model_len: int | None
     max_num_seqs: int | None
     start_seconds: float
+    # The options the engine ended up with once it resolved its defaults (vLLM: read from its config).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -20,7 +20,8 @@ class InstantEngine:
 
     def __init__(self, spec: JobSpec, max_num_seqs: int = 256):
         self.info = EngineInfo(kind="instant", version="-", device="none", model=spec.model.path,
-                               max_model_len=spec.model.max_model_len, max_num_seqs=max_num_seqs, start_seconds=0.0)
+                               max_model_len=spec.model.max_model_len, max_num_seqs=max_num_seqs, start_seconds=0.0,
+                               options={"max_num_seqs": max_num_seqs})
         self._pending: list[Request] = []
         self._max_num_seqs = max_num_seqs
         self._rate = spec.runtime.instant_rows_per_second

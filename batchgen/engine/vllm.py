@@ -134,7 +134,7 @@ class VllmEngine:
         self.info = EngineInfo(
             kind="vllm", version=vllm.__version__, device=_device_name(current_platform),
             model=spec.model.path, max_model_len=cfg.model_config.max_model_len,
-            max_num_seqs=cfg.scheduler_config.max_num_seqs, start_seconds=started,
+            max_num_seqs=cfg.scheduler_config.max_num_seqs, start_seconds=started, options=effective_options(cfg),
         )
         try:
             from vllm.exceptions import VLLMValidationError
@@ -245,6 +245,31 @@ class VllmEngine:
         engine, self._engine = self._engine, None
         if engine is not None and hasattr(engine, "engine_core"):
             engine.engine_core.shutdown()
+
+
+def effective_options(cfg: Any) -> dict[str, Any]:
+    """The options an engine runs with, read back from its VllmConfig after vLLM resolved its defaults
+    (the platform's batch sizes, async scheduling, CUDA-graph sizes): recorded in the run's summary, and
+    what the benchmark's hand-written loop is given so that both run on the same settings."""
+    sched, cache, comp, model = cfg.scheduler_config, cfg.cache_config, cfg.compilation_config, cfg.model_config
+    sizes = getattr(comp, "cudagraph_capture_sizes", None)
+    return {
+        "max_num_seqs": sched.max_num_seqs,
+        "max_num_batched_tokens": sched.max_num_batched_tokens,
+        "async_scheduling": getattr(sched, "async_scheduling", None),
+        "enable_chunked_prefill": getattr(sched, "enable_chunked_prefill", None),
+        "stream_interval": getattr(sched, "stream_interval", None),
+        "gpu_memory_utilization": cache.gpu_memory_utilization,
+        "kv_cache_memory_bytes": getattr(cache, "kv_cache_memory_bytes", None),
+        "enable_prefix_caching": cache.enable_prefix_caching,
+        "block_size": getattr(cache, "block_size", None),
+        "cudagraph_capture_sizes": list(sizes or []),
+        "max_cudagraph_capture_size": getattr(comp, "max_cudagraph_capture_size", None),
+        "cudagraph_mode": str(getattr(comp, "cudagraph_mode", None)),
+        "enforce_eager": model.enforce_eager,
+        "max_model_len": model.max_model_len,
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
 
 
 def _device_name(platform: Any) -> str:

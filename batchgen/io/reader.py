@@ -7,6 +7,8 @@ not the run.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -49,45 +51,93 @@ def read_unit(source: InputFiles, unit: Unit, columns: Sequence[str], done: np.n
 def _parquet_batches(source: InputFiles, unit: Unit, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """The unit's record batches in order; after a transient error, reopen and skip the rows already yielded.
 
-    A unit may be a piece of a row group (work.plan.cut_shard): the rows of its group before it are read and
-    skipped, and reading stops at its last row.
+    A unit may be a piece of a row group (work.plan.cut_shard). Parquet cannot start reading inside a row
+    group, so the rows before the piece are decoded and dropped; but the read of the previous piece stays
+    open (a cursor), and a piece that starts at or after where it stopped continues it: pieces read in
+    order decode their group once, not once per piece (16x on average for a group cut in 32).
     """
-    fs, policy = source.fs, source.retry
+    policy = source.retry
     sent, failures = 0, 0
     while True:
         try:
-            with fs.open(unit.shard, "rb") as f:
-                pf = pq.ParquetFile(f)
-                head = unit.row_start - _group_start(pf.metadata, unit.row_groups[0]) if unit.row_groups else 0
-                groups, skip = _resume_point(pf.metadata, unit.row_groups, head + sent)
-                for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(columns)):
-                    if skip:
-                        batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
-                    batch = batch.slice(0, min(batch.num_rows, unit.rows - sent))
-                    if batch.num_rows:
-                        sent += batch.num_rows
-                        failures = 0  # progress made: the attempt budget is per stall, not per unit
-                        yield batch
-                    if sent >= unit.rows:
-                        return
+            row = unit.row_start + sent
+            cursor = _cursor(source, unit.shard, tuple(unit.row_groups), tuple(columns), row, batch_rows)
+            for batch in cursor.rows(row, unit.row_end):
+                sent += batch.num_rows
+                failures = 0  # progress made: the attempt budget is per stall, not per unit
+                yield batch
             return
         except Exception as e:  # noqa: BLE001 - only transient errors are retried
+            _drop_cursor(source)
             if not is_transient(e):
                 raise
             policy.backoff(f"read {unit.shard} (row {unit.row_start + sent})", e, failures)
             failures += 1
 
 
+class _Cursor:
+    """An open read of some row groups of a shard, at shard row `row` (the next row it gives)."""
+
+    def __init__(self, source: InputFiles, shard: str, groups: tuple[int, ...], columns: tuple[str, ...], row: int,
+                 batch_rows: int):
+        self.key = (shard, groups, columns, batch_rows)
+        self.file = source.fs.open(shard, "rb")
+        try:
+            pf = pq.ParquetFile(self.file)
+            start = _group_start(pf.metadata, groups[0]) if groups else 0
+            todo = list(groups)
+            while todo and start + pf.metadata.row_group(todo[0]).num_rows <= row:  # whole groups before `row`
+                start += pf.metadata.row_group(todo.pop(0)).num_rows
+            self.row = start
+            self._batches = pf.iter_batches(batch_size=batch_rows, row_groups=todo, columns=list(columns))
+        except BaseException:
+            self.file.close()
+            raise
+        self._held: pa.RecordBatch | None = None  # rows read but not given yet (the next piece's)
+
+    def rows(self, start: int, stop: int) -> Iterator[pa.RecordBatch]:
+        """Shard rows [start, stop) (start >= self.row), in batches; rows before `start` are dropped."""
+        while self.row < stop:
+            if self._held is None:
+                self._held = next(self._batches, None)
+                if self._held is None:
+                    return
+            batch, first = self._held, self.row
+            lo, hi = max(start - first, 0), min(stop - first, batch.num_rows)
+            self._held = batch.slice(hi) if hi < batch.num_rows else None
+            self.row = first + hi
+            if hi > lo:
+                yield batch.slice(lo, hi - lo)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# One cursor per thread and input (a run's reader thread reads its units in order).
+_CURSORS = threading.local()
+
+
+def _cursor(source: InputFiles, shard: str, groups: tuple[int, ...], columns: tuple[str, ...], row: int,
+            batch_rows: int) -> _Cursor:
+    cache = _CURSORS.__dict__.setdefault("by_source", weakref.WeakKeyDictionary())
+    cur = cache.get(source)
+    if cur is not None and cur.key == (shard, groups, columns, batch_rows) and cur.row <= row:
+        return cur
+    if cur is not None:
+        cur.close()
+    cache[source] = cur = _Cursor(source, shard, groups, columns, row, batch_rows)
+    return cur
+
+
+def _drop_cursor(source: InputFiles) -> None:
+    cur = _CURSORS.__dict__.get("by_source", {}).pop(source, None)
+    if cur is not None:
+        try:
+            cur.close()
+        except Exception:  # noqa: BLE001 - closing a broken stream: nothing more to save
+            pass
+
+
 def _group_start(meta: pq.FileMetaData, group: int) -> int:
     """The shard row where row group `group` begins."""
     return sum(meta.row_group(rg).num_rows for rg in range(group))
-
-
-def _resume_point(meta: pq.FileMetaData, groups: Sequence[int], sent: int) -> tuple[list[int], int]:
-    """Row groups still to read after `sent` rows of `groups`, and how many rows of the first to skip."""
-    for i, rg in enumerate(groups):
-        rows = meta.row_group(rg).num_rows
-        if sent < rows:
-            return list(groups[i:]), sent
-        sent -= rows
-    return [], 0

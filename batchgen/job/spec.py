@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -212,7 +212,8 @@ class RuntimeSpec(Strict):
     engine: Literal["vllm", "instant"] = Field("vllm", description="`instant` replaces the model by an echo that costs nothing: measures batchgen's own per-row cost.")
     instant_rows_per_second: float = Field(0.0, ge=0, description="engine: instant only. Finish rows at this steady rate (0: at once): an engine of fixed speed without a GPU, to measure scale-out overheads (python -m benchmarks.scaleout).")
     gpus_per_engine: int | None = Field(None, ge=1, description="GPUs per engine process (tensor parallel). Default: model.tensor_parallel_size.")
-    num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine (1 without GPUs).")
+    num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine x engines_per_gpu (engines_per_gpu without GPUs).")
+    engines_per_gpu: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(1, description="Engine processes sharing each GPU group: a small model's engine is limited by its host side (scheduling, sampling, detokenizing) and leaves its GPU idle part of the time, which a second engine can use. Each gets model.gpu_memory_utilization / N (and 1/N of engine_kwargs.kv_cache_memory_bytes, or of VLLM_CPU_KVCACHE_SPACE on the CPU backend); they start one after another, each once the previous one's engine is ready (engines starting at once on one GPU fail their memory profiling). auto: by model size from its config.json (batchgen/node/sharing.py).")
     cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")

@@ -30,6 +30,7 @@ from batchgen.io.store import Store
 from batchgen.job.load import FLAG_PATHS
 from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 from batchgen.node.affinity import plan_affinity
+from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
 from batchgen.node.view import NodeProgress, engine_line, node_summary, read_summary
 from batchgen.run import signals
 from batchgen.run.prepare import Prepared
@@ -43,25 +44,30 @@ log = logging.getLogger("batchgen")
 
 @dataclass(frozen=True)
 class EngineLayout:
-    """How many engine processes, and the GPUs each one sees (empty tuples: CPU engines)."""
+    """How many engine processes, and the GPUs each one sees (empty tuples: CPU engines). Engines
+    i*k .. i*k+k-1 share the i-th GPU group (k = engines_per_gpu)."""
 
     num_engines: int
     gpus_per_engine: int
     groups: tuple[tuple[str, ...], ...]
+    engines_per_gpu: int = 1
 
 
 def engine_layout(runtime: RuntimeSpec, model: ModelSpec, gpus: Sequence[str]) -> EngineLayout:
     """Split the visible GPUs into engine groups. `gpus` are CUDA_VISIBLE_DEVICES entries (ids or UUIDs)."""
     per = runtime.gpus_per_engine or model.tensor_parallel_size * int(model.engine_kwargs.get("pipeline_parallel_size", 1))
+    k = resolve_engines_per_gpu(runtime, model)
     if not gpus:
-        n = runtime.num_engines or 1
-        return EngineLayout(n, per, tuple(() for _ in range(n)))
-    n = runtime.num_engines or max(1, len(gpus) // per)
-    if n > 1 and n * per > len(gpus):
-        raise SpecError(f"{n} engines x {per} GPUs each need {n * per} GPUs, but {len(gpus)} are visible ({','.join(gpus)})",
+        n = runtime.num_engines or k
+        return EngineLayout(n, per, tuple(() for _ in range(n)), min(k, n))
+    n = runtime.num_engines or max(1, len(gpus) // per) * k
+    used = -(-n // k)  # GPU groups in use
+    if n > 1 and used * per > len(gpus):
+        shared = f", {k} per GPU group," if k > 1 else ""
+        raise SpecError(f"{n} engines{shared} x {per} GPUs each need {used * per} GPUs, but {len(gpus)} are visible ({','.join(gpus)})",
                         where="runtime.num_engines",
-                        fix=f"set runtime.num_engines to at most {max(1, len(gpus) // per)}, or make more GPUs visible")
-    return EngineLayout(n, per, tuple(tuple(gpus[i * per:(i + 1) * per]) for i in range(n)))
+                        fix=f"set runtime.num_engines to at most {max(1, len(gpus) // per) * k}, or make more GPUs visible")
+    return EngineLayout(n, per, tuple(tuple(gpus[(i // k) * per:(i // k + 1) * per]) for i in range(n)), min(k, n))
 
 
 @dataclass
@@ -151,6 +157,7 @@ class Supervisor:
         self.codes: dict[int, int] = {}
         self.signalled_at: float | None = None
         self._threads: list[threading.Thread] = []
+        self.gates = StartGates(layout.num_engines, layout.engines_per_gpu)
 
     # -- engines ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,10 +166,12 @@ class Supervisor:
         pinned = self.spec.runtime.cpu_affinity == "auto"
         cores = plan_affinity(sorted(os.sched_getaffinity(0)), self.layout.groups) if pinned \
             else [[] for _ in self.layout.groups]
+        k = self.layout.engines_per_gpu
         for i, gpus in enumerate(self.layout.groups):
-            env = engine_env(self.run.env, gpus, cores[i])
+            env = share_env(engine_env(self.run.env, gpus, cores[i]), k)
+            cmd = child_command(self.run, self.spec, i) + share_overrides(self.spec.model, k) + self.gates.args(i)
             # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which forwards it once.
-            proc = subprocess.Popen(child_command(self.run, self.spec, i), env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=pin_to(cores[i]) if gpus and cores[i] else None)
             self.procs.append(proc)
@@ -196,6 +205,7 @@ class Supervisor:
                 if i not in self.codes and proc.poll() is not None:
                     self.codes[i] = proc.returncode
                     self._exited(i, proc.returncode)
+            self.gates.open_due(lambda i: i in self.codes)
             if time.monotonic() - last >= every:
                 last = time.monotonic()
                 progress.refresh()
@@ -217,6 +227,8 @@ class Supervisor:
     def result(self, base: Summary) -> NodeResult:
         summaries = {i: read_summary(self.prep.store, w) for i, w in enumerate(self.workers)}
         summary = node_summary(base, [s for s in summaries.values() if s is not None], self.layout.num_engines)
+        if summary.engine_options:
+            summary.engine_options["engines_per_gpu"] = self.layout.engines_per_gpu
         lines = [engine_line(i, w, self.codes.get(i), summaries[i]) for i, w in enumerate(self.workers)]
         self.prep.ledger.load()
         share_done = self.prep.ledger.complete()
@@ -252,6 +264,7 @@ def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:
         for proc in sup.procs:  # only after an error in the supervisor itself
             if proc.poll() is None:
                 proc.terminate()
+        sup.gates.close()
     result = sup.result(base)
     result.summary.wall_seconds = time.monotonic() - t0
     result.summary.complete = _exists(prep.store, SUCCESS)

@@ -70,7 +70,10 @@ def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summa
     """One summary for the node: counters add up; generation time is from the first engine's start to the
     last one's end (an engine that became ready late counts as idle time of the node, not as free time)."""
     out = dataclasses.replace(base)
-    timed = [s for s in parts if s.generate_started_at and s.generate_ended_at]
+    # An engine that generated nothing (it became ready after the others had taken every unit) does not
+    # stretch the node's window.
+    working = [s for s in parts if s.counters.rows > 0] or list(parts)
+    timed = [s for s in working if s.generate_started_at and s.generate_ended_at]
     if timed:
         out.generate_started_at = min(s.generate_started_at for s in timed)
         out.generate_ended_at = max(s.generate_ended_at for s in timed)
@@ -82,11 +85,13 @@ def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summa
         out.engine_start_seconds = max(out.engine_start_seconds, s.engine_start_seconds)
         out.interrupted = out.interrupted or s.interrupted
         out.complete = out.complete or s.complete
-    if timed and len(timed) == len(parts):
+    if timed and len(timed) == len(working):
         out.generate_seconds = out.generate_ended_at - out.generate_started_at
     if parts:
         out.engine, out.engine_version = parts[0].engine, parts[0].engine_version
         out.device = f"{engines} engines, {parts[0].device}"
+        out.engine_options = dict(parts[0].engine_options)
+        out.engine_ready_at = max(s.engine_ready_at for s in parts)  # the node runs at full strength from here
     return out
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from batchgen.job.spec import JobSpec
+from batchgen.run.timeline import Timeline
 
 # Loggers whose lines would cut through the bar: ours (they reach the root logger's handler) and vLLM's
 # (its own handler, on stdout by default: the same terminal as the bar on stderr).
@@ -35,6 +36,7 @@ class Progress:
         self.mode, self.total, self.label, self.interval = mode, total, label, interval
         self.t0 = self._last_line = time.monotonic()
         self.rows = self.out_tokens = self.errors = 0
+        self.timeline = Timeline()
         self._bar = tqdm(total=total, desc=label, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1) if mode == "bar" else None
         # While the bar is up, log lines are written above it (tqdm clears and redraws it), not into it.
         self._redirect = contextlib.ExitStack()
@@ -49,6 +51,7 @@ class Progress:
         self.rows += rows
         self.out_tokens += out_tokens
         self.errors += errors
+        self.timeline.note(self.rows)
         now = time.monotonic()
         if self._bar is not None:
             self._bar.update(rows)

@@ -17,6 +17,7 @@ from batchgen.io.images import ImageFetcher
 from batchgen.io.openai_batch import READ_ERROR
 from batchgen.io.reader import ROW_INDEX
 from batchgen.job.spec import JobSpec, SamplingSpec
+from batchgen.run.tokenizer import encode_ids
 from batchgen.run import scoring, structured
 from batchgen.run.images import ImagePrompts, check_parts
 
@@ -140,6 +141,8 @@ class Renderer:
 
     def _sampling(self, cols: dict[str, list], i: int) -> tuple[SamplingSpec, str | None]:
         per_row = self.spec.sampling.per_row
+        if not per_row:
+            return self.spec.sampling, None
         values = {f: cols[c][i] for f, c in per_row.items() if cols[c][i] is not None}
         if not values:
             return self.spec.sampling, None
@@ -165,7 +168,7 @@ class Renderer:
             return
         # Chat templates already hold the special tokens they need (BOS, markers); plain text gets them as vLLM would.
         add_special = not self.spec.prompt.use_chat
-        encoded = self.tok([texts[i] for i in todo], add_special_tokens=add_special)["input_ids"]
+        encoded = encode_ids(self.tok, [texts[i] for i in todo], add_special)
         limit = self.max_prompt_tokens
         for i, ids in zip(todo, encoded):
             req = reqs[i]
@@ -173,7 +176,7 @@ class Renderer:
                 req.error = (f"prompt has {len(ids)} tokens; the model takes at most {limit} "
                              f"(max_model_len minus 1 generated token)")
             else:
-                req.token_ids = list(ids)
+                req.token_ids = ids if isinstance(ids, list) else list(ids)
 
 
 def _check_messages(messages: Any, column: str) -> str | None:

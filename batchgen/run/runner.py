@@ -103,7 +103,8 @@ class Runner:
 
         engine = self._start_engine(prep.engine_spec)
         summary.engine_version, summary.device = engine.info.version, engine.info.device
-        summary.engine_start_seconds = engine.info.start_seconds
+        summary.engine_start_seconds, summary.engine_ready_at = engine.info.start_seconds, time.time()
+        summary.engine_options = dict(engine.info.options)
         source = self._unit_source(prep)
         renderer = Renderer(spec, prep.tokenizer, engine.max_prompt_tokens, image_placeholder=prep.image_placeholder)
         feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
@@ -129,6 +130,7 @@ class Runner:
             summary.generate_seconds = (flight.last_result_at or time.monotonic()) - t_gen
             summary.generate_ended_at = summary.generate_started_at + summary.generate_seconds
             progress.close()
+            summary.timeline = progress.timeline.points()
             engine.close()
             try:
                 committer.close()

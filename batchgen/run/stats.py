@@ -102,6 +102,13 @@ class Summary:
     # Wall-clock (epoch seconds) of generation's start and end: a node's engines are compared on them.
     generate_started_at: float = 0.0
     generate_ended_at: float = 0.0
+    # Epoch when the engine became ready (its start began engine_start_seconds before): engines sharing a
+    # GPU start one after another, and this shows it.
+    engine_ready_at: float = 0.0
+    # What the engine runs with, read back from it (vLLM: batch sizes, async scheduling, CUDA graphs, memory).
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    # (epoch, cumulative rows finished), about one point a second (batchgen.run.timeline).
+    timeline: list[tuple[float, int]] = field(default_factory=list)
     upload_retries: int = 0
     upload_wait_seconds: float = 0.0
     input_retries: int = 0

@@ -1,0 +1,125 @@
+"""Several engines on one GPU group (`runtime.engines_per_gpu`): how many, how they split its memory,
+and the gates that start them one after another.
+
+A small model's engine is limited by its host side (scheduling, sampling, detokenizing: one Python
+thread per engine), not by the GPU, which then idles between steps; a second engine process fills
+those gaps. Engines sharing a GPU must not start at the same moment: vLLM sizes its KV cache by
+profiling the device's free memory, and another process allocating or freeing memory meanwhile makes
+that profile fail (seen on an H200 with vLLM 0.26: two engines started together at 0.4 each, the
+second's engine core failed to initialize). So each engine process starts at once (imports, the
+plan, the tokenizer), then waits at its gate until the previous engine on its GPU is ready, or exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+from batchgen.engine import Engine, preload_engine
+from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
+from batchgen.models.dims import read_dims
+
+log = logging.getLogger("batchgen")
+
+# `engines_per_gpu: auto`: single-GPU engines of models below AUTO_SHARE_BELOW_PARAMS parameters run
+# AUTO_SHARED_ENGINES per GPU; other models one. Placeholders until the H200 figures decide
+# (benchmarks/gpu/session4.sh block A: S, a 0.6B shape, with 1, 2 and 3 engines on one GPU).
+AUTO_SHARE_BELOW_PARAMS = 3e9
+AUTO_SHARED_ENGINES = 2
+GATE_POLL_SECONDS = 0.2
+
+
+def resolve_engines_per_gpu(runtime: RuntimeSpec, model: ModelSpec) -> int:
+    """The number of engines per GPU group; `auto` reads the model's size from its config.json."""
+    if runtime.engines_per_gpu != "auto":
+        return runtime.engines_per_gpu
+    tp = model.tensor_parallel_size * int(model.engine_kwargs.get("pipeline_parallel_size", 1))
+    dims = read_dims(model.path)
+    if dims is None or tp > 1 or (runtime.gpus_per_engine or 1) > 1:
+        return 1
+    return AUTO_SHARED_ENGINES if dims.params() < AUTO_SHARE_BELOW_PARAMS else 1
+
+
+def share_overrides(model: ModelSpec, k: int) -> list[str]:
+    """`--set` arguments giving one of k engines sharing a device its 1/k of the job's memory budget."""
+    if k <= 1:
+        return []
+    sets = [f"model.gpu_memory_utilization={math.floor(model.gpu_memory_utilization / k * 10_000) / 10_000}",
+            f"runtime.engines_per_gpu={k}"]
+    kv = model.engine_kwargs.get("kv_cache_memory_bytes")
+    if kv:
+        sets.append(f"model.engine_kwargs.kv_cache_memory_bytes={int(kv) // k}")
+    return [a for s in sets for a in ("--set", s)]
+
+
+def share_env(env: Mapping[str, str], k: int) -> dict[str, str]:
+    """vLLM's CPU backend sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (whole GiB) per process: split it."""
+    out = dict(env)
+    space = out.get("VLLM_CPU_KVCACHE_SPACE", "")
+    if k > 1 and space.isdigit():
+        each = max(1, int(space) // k)
+        if each * k > int(space):
+            log.warning("VLLM_CPU_KVCACHE_SPACE=%s GiB cannot be split in %d whole GiB: each engine gets %d", space, k, each)
+        out["VLLM_CPU_KVCACHE_SPACE"] = str(each)
+    return out
+
+
+class StartGates:
+    """Files in a private folder: engine i writes `ready-i` once its engine is up; engine i waits for `go-i`,
+    which the supervisor creates once engine i-1 (same GPU group) is ready or has exited."""
+
+    def __init__(self, engines: int, per_group: int):
+        self.engines, self.k = engines, per_group
+        self.folder = Path(tempfile.mkdtemp(prefix="batchgen-start-")) if per_group > 1 else None
+        self.opened: set[int] = {i for i in range(engines) if per_group <= 1 or i % per_group == 0}
+
+    def args(self, index: int) -> list[str]:
+        """The engine's flags: where to say it is ready, and (if it must wait) what to wait for."""
+        if self.folder is None:
+            return []
+        out = ["--ready-file", str(self.folder / f"ready-{index}")]
+        if index not in self.opened:
+            out += ["--start-file", str(self.folder / f"go-{index}")]
+        return out
+
+    def open_due(self, exited: Callable[[int], bool]) -> None:
+        """Open the gate of every engine whose predecessor is ready or gone."""
+        for i in range(self.engines):
+            if i in self.opened:
+                continue
+            before = i - 1
+            ready = (self.folder / f"ready-{before}").exists()
+            if ready or exited(before):
+                (self.folder / f"go-{i}").touch()
+                self.opened.add(i)
+                log.info("engine e%d: e%d %s, e%d starts its engine", i, before,
+                         "is ready" if ready else "exited", i)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def gated_engine_factory(start: Callable[[JobSpec], Engine], start_file: Path | None,
+                         ready_file: Path | None) -> Callable[[JobSpec], Engine]:
+    """`start` for an engine of a shared GPU: import vLLM, wait for the gate, start the engine, say so."""
+    def factory(spec: JobSpec) -> Engine:
+        if start_file is not None:
+            preload_engine(spec)  # the imports overlap the previous engine's start; only the engine itself waits
+            t0 = time.monotonic()
+            while not start_file.exists():
+                time.sleep(GATE_POLL_SECONDS)
+            log.info("engine start: waited %.1fs for the previous engine on this GPU", time.monotonic() - t0)
+        engine = start(spec)
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(str(os.getpid()))
+            tmp.replace(ready_file)
+        return engine
+    return factory

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Issue 16 (session 4): the fair table on one H200 (nvidia-h200, vLLM 0.26.0, dummy weights), after
+# ../shared/gpu/stage.sh's parts. Every call is the same command and continues a queue where the last
+# call stopped (results and the machine's compile cache stay in /tmp and ~/.cache between calls):
+#
+#     bash benchmarks/gpu/session4.sh          # one device call: ~8.5 min of runs, then packs $OUT
+#     bash benchmarks/gpu/session4.sh --tiny   # the same on the CPU build (tests/test_benchmarks.py)
+#
+# Each call runs blocks in order, each one interleaved rounds (A B C A B C ...) of
+# `python -m benchmarks.run --resume`, which skips what an earlier call finished and any process that would
+# not fit the time left, and saves results after every process. Then it packs $OUT: session4-callN.tgz
+# (results of every block so far, the runs' logs, summaries and job files, machine info), table.md and
+# runs.md (all blocks merged: median and min-max per method, every run) and progress.log.
+#
+# Minutes, estimated from docs/benchmarks.md and ../shared/gpu/README.md (H200, warm compile cache): a
+# process costs ~35-45 s beside its generation (imports ~10 s, engine start 15-20 s for the 0.6B shape,
+# 20-30 s for the 8B, tokenizer, exit); the first engine of each shape on a fresh machine compiles,
+# +100-120 s (S in block A, the 8B in block B; run_batch's defaults (2048 batched tokens) compile again).
+#   A  S (12,000 rows; ~39 s at 310 req/s): batchgen | raw one call + calls of 512 (one process) |
+#      batchgen, 2 engines on the GPU; 3 rounds of ~75 + 120 + 75 s      ~14 min (+2 cold)   calls 1-2
+#   B  W1 (1,000 rows; ~42 s at 24 req/s): batchgen | raw one call; 3 x (85 + 90 s)
+#                                                                        ~9 min (+2 cold)    calls 2-3
+#   G  issue 13's structured workloads on the 8B shape, one round: CH (jobs/label.yaml's choice of 3 labels
+#      with label scores, 4,000 rows) and JS (a JSON schema, 1,000 rows): batchgen | raw one call with the
+#      same SamplingParams; 2 x (70 + 70 s)                              ~5 min              call 3
+#   C  S-T (8,000 rows) and SYN (2,500 rows, n=4): batchgen | raw + raw of 512; 3 x (75 + 110) each
+#                                                                        ~19 min             calls 3-4
+#   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | raw one call with vLLM's defaults |
+#      max_num_seqs 1024 with CUDA graphs up to 1024 | async scheduling off | run_batch with batchgen's
+#      options; 3 x (75 + 115 + 95 + 80 + 80 + 80 s)                     ~27 min (+2 cold for run_batch)
+#   E  W3 (1,200 rows; ~30 s at 40 req/s): batchgen | raw + raw of 512    ~10 min
+#   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
+#      A second engine starts ~20 s after the first (one after another on a GPU), so with 12,000 rows it
+#      joins late and a third not at all; 30,000 rows show what they do for a long job   ~25 min
+# Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
+# machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
+# W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
+# stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
+# before it would apply (v1/engine/output_processor.py:285-300), so it cannot change anything here.
+set -u
+mode=gpu
+[ "${1:-}" = --tiny ] && mode=tiny
+state=${S4_STATE:-/tmp/s4}
+out=${OUT:-$state/out}
+blocks=${S4_BLOCKS:-A B G C D E F}
+seconds=${S4_SECONDS:-470}
+mkdir -p "$state/res" "$state/logs" "$out"
+if [ "$mode" = gpu ]; then
+  export PYTHONPATH=/tmp/gpu-site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+  py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
+  size=()
+else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B G C D E F"}
+  size=(--tiny --rows 16 --chunk 8)
+fi
+call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
+echo "$call" >"$state/calls"
+start=$(date +%s)
+deadline=$((start + seconds))
+say() { echo "[call $call, $(( $(date +%s) - start ))s] $*" | tee -a "$state/progress.log"; }
+say "start: blocks $blocks, $seconds s for runs, mode $mode"
+if [ "$call" = 1 ]; then
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nvidia-smi topo -m; lscpu; nproc
+    $py -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"; } >"$state/res/machine.txt" 2>&1
+fi
+
+# bench BLOCK ROUNDS ARGS...: one harness invocation, resumed; stops by the deadline (its --budget), with a
+# `timeout` behind it in case a process hangs, so that packing always happens.
+bench() {
+  local block=$1 r=$2; shift 2
+  case " $blocks " in *" $block "*) ;; *) return ;; esac
+  local left=$((deadline - $(date +%s)))
+  local dry=()
+  case " $dry_blocks " in *" $block "*) dry=(--dry-run) ;; esac
+  if [ ${#dry[@]} = 0 ] && [ "$left" -lt 60 ]; then say "$block: no time left in this call"; return; fi
+  timeout -k 10 $((left + 20)) $py -m benchmarks.run "${size[@]}" "${dry[@]}" --rounds "$r" --resume \
+      --budget "$left" --first-guess "$guess" --work "$state/work" --out "$state/res/$block" "$@" \
+      >>"$state/logs/$block.log" 2>&1
+  say "$block${dry:+ (dry run)}: exit $?"
+}
+
+bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
+bench B "$rounds" -w W1 --methods batchgen,raw1
+bench G 1 -w CH -w JS --methods batchgen,raw1
+bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
+bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
+    --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
+    --variant 'noasync=model.engine_kwargs.async_scheduling=false'
+bench E "$rounds" -w W3 --methods batchgen,raw1,rawN
+long=(--rows 30000)
+[ "$mode" = tiny ] && long=()
+bench F "$rounds" -w S "${long[@]}" --methods batchgen,e2,e3,e2free --variant 'e2=runtime.engines_per_gpu=2' \
+    --variant 'e3=runtime.engines_per_gpu=3' --variant 'e2free=runtime.engines_per_gpu=2;runtime.cpu_affinity=off'
+
+# Pack: everything measured so far (every call's tarball holds all blocks), logs cut to their tails.
+merged=$(ls "$state"/res/*/results.json 2>/dev/null)
+if [ -n "$merged" ]; then
+  $py -m benchmarks.report "$state/res/all" $merged >>"$state/logs/report.log" 2>&1
+  cp "$state/res/all/table.md" "$state/res/all/runs.md" "$out/" 2>/dev/null
+fi
+find "$state/work/runs" -name log.txt 2>/dev/null | while read -r f; do
+  grep -v "it/s\]$" "$f" | tail -c 60000 >"${f%.txt}.tail"
+done
+( cd "$state" && find res logs progress.log work/runs \( -name "*.tail" -o -name "summary-*.json" -o -name "result.json" \
+    -o -name "job.yaml" -o -name "config.json" -o -path "res/*" -o -path "logs/*" -o -name progress.log \) -type f 2>/dev/null \
+    | tar -czf "$out/session4-call$call.tgz" -T - )
+say "packed $out/session4-call$call.tgz ($(du -h "$out/session4-call$call.tgz" | cut -f1))"
+cp "$state/progress.log" "$out/progress.log"

@@ -1,0 +1,137 @@
+"""Several engines on one GPU group (runtime.engines_per_gpu): layout, memory split, staged start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchgen.errors import SpecError
+from batchgen.job.spec import ModelSpec, RuntimeSpec
+from batchgen.models.dims import ModelDims
+from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
+from batchgen.node.supervisor import engine_layout
+from tests.conftest import ROOT, job_dict, write_job, write_shards
+from tests.outputs import texts_each_id_once
+
+QWEN_06B = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}
+LLAMA_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "intermediate_size": 14336, "vocab_size": 128256}
+
+
+@pytest.mark.parametrize("runtime, gpus, expected", [
+    ({"engines_per_gpu": 2}, ["0"], (2, (("0",), ("0",)))),
+    ({"engines_per_gpu": 2}, ["0", "1"], (4, (("0",), ("0",), ("1",), ("1",)))),
+    ({"engines_per_gpu": 2, "num_engines": 3}, ["0", "1"], (3, (("0",), ("0",), ("1",)))),
+    ({"engines_per_gpu": 3}, [], (3, ((), (), ()))),  # CPU engines: k of them share the host
+    ({"engines_per_gpu": 2, "num_engines": 1}, ["0"], (1, (("0",),))),
+])
+def test_engine_layout_shares_gpu_groups(runtime, gpus, expected):
+    layout = engine_layout(RuntimeSpec(**runtime), ModelSpec(path="m"), gpus)
+    assert (layout.num_engines, layout.groups) == expected
+    assert layout.engines_per_gpu == min(runtime["engines_per_gpu"], expected[0])
+
+
+def test_engine_layout_refuses_more_shared_engines_than_gpus_hold():
+    with pytest.raises(SpecError, match="at most 4"):
+        engine_layout(RuntimeSpec(engines_per_gpu=2, num_engines=5), ModelSpec(path="m"), ["0", "1"])
+
+
+def test_auto_shares_gpus_for_small_models_only(tmp_path):
+    for name, cfg in (("small", QWEN_06B), ("big", LLAMA_8B)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    auto = RuntimeSpec(engines_per_gpu="auto")
+    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"))) == 2
+    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "big"))) == 1
+    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"), tensor_parallel_size=2)) == 1
+    assert resolve_engines_per_gpu(auto, ModelSpec(path="Qwen/Qwen3-0.6B")) == 1  # a hub id: size unknown
+    assert resolve_engines_per_gpu(RuntimeSpec(engines_per_gpu=3), ModelSpec(path="m")) == 3
+    # The size behind the rule: Qwen3-0.6B's published 0.6B (0.44B without embeddings), Llama-3.1-8B's 8.0B.
+    assert ModelDims.from_config(QWEN_06B).params() == pytest.approx(0.596e9, rel=0.01)
+    assert ModelDims.from_config(LLAMA_8B).params() == pytest.approx(8.03e9, rel=0.01)
+
+
+def test_each_shared_engine_gets_its_share_of_memory(caplog):
+    model = ModelSpec(path="m", gpu_memory_utilization=0.9, engine_kwargs={"kv_cache_memory_bytes": 3 * 2**30})
+    assert share_overrides(model, 1) == []
+    sets = share_overrides(model, 2)[1::2]
+    assert sets == ["model.gpu_memory_utilization=0.45", "runtime.engines_per_gpu=2",
+                    f"model.engine_kwargs.kv_cache_memory_bytes={3 * 2**29}"]
+    assert share_overrides(ModelSpec(path="m", gpu_memory_utilization=0.9), 3)[1] == "model.gpu_memory_utilization=0.3"
+    assert share_env({"VLLM_CPU_KVCACHE_SPACE": "4", "A": "b"}, 2) == {"VLLM_CPU_KVCACHE_SPACE": "2", "A": "b"}
+    assert share_env({"VLLM_CPU_KVCACHE_SPACE": "1"}, 2)["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "cannot be split" in caplog.text
+    assert share_env({}, 2) == {}
+
+
+def test_start_gates_open_one_after_another():
+    gates = StartGates(engines=4, per_group=2)  # e0, e1 on one GPU; e2, e3 on another
+    try:
+        assert "--start-file" not in gates.args(0) and "--start-file" not in gates.args(2)
+        flags = dict(zip(gates.args(1)[::2], gates.args(1)[1::2]))
+        go1, ready0 = Path(flags["--start-file"]), Path(dict(zip(gates.args(0)[::2], gates.args(0)[1::2]))["--ready-file"])
+        gates.open_due(lambda i: False)
+        assert not go1.exists()
+        ready0.write_text("1")  # e0's engine is up: e1 may start; e3 still waits for e2
+        gates.open_due(lambda i: False)
+        assert go1.exists() and gates.opened == {0, 1, 2}
+        gates.open_due(lambda i: i == 2)  # e2 exited (failed, or had nothing to do): e3 starts anyway
+        assert gates.opened == {0, 1, 2, 3}
+    finally:
+        gates.close()
+    assert StartGates(engines=2, per_group=1).args(1) == []
+
+
+@pytest.mark.engine
+def test_two_engines_share_one_device(tiny_model, tmp_path):
+    """Two CPU engines split one device's memory budget, start one after the other, and write every row once
+    with the same greedy texts as one engine (float32: the engines batch rows differently, and bf16 rounding
+    then flips near-tied greedy tokens now and then)."""
+    ids = write_shards(tmp_path / "in", shards=2, rows=60, row_group=10)
+
+    def job(name: str) -> Path:
+        # A small window and long answers: e0 must still be busy when e1's engine is up (seconds later).
+        spec = job_dict(tiny_model, tmp_path / "in", tmp_path / name, input={"unit_rows": 10}, checkpoint={"every_rows": 10},
+                        sampling={"max_tokens": 32}, runtime={"window": 4})
+        spec["model"].update(dtype="float32", gpu_memory_utilization=0.1)
+        return write_job(tmp_path / f"{name}.yaml", spec)
+
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    cmd = [sys.executable, "-m", "batchgen", "run"]
+    one = subprocess.run([*cmd, str(job("one"))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr[-3000:]
+    two = subprocess.run([*cmd, str(job("two")), "--worker-id", "node", "--set", "runtime.engines_per_gpu=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr[-3000:]
+    assert texts_each_id_once(tmp_path / "two", ids) == texts_each_id_once(tmp_path / "one", ids)
+
+    meta = tmp_path / "two" / "_batchgen"
+    e0, e1 = (json.loads((meta / f"summary-node-e{i}.json").read_text()) for i in (0, 1))
+    assert e0["rows"] > 0 and e1["rows"] > 0 and e0["rows"] + e1["rows"] == len(ids)
+    for e in (e0, e1):  # each engine has half the memory: 0.05 of the host, 1 GiB of KV cache
+        assert e["engine_options"]["gpu_memory_utilization"] == pytest.approx(0.05)
+        assert e["engine_options"]["kv_cache_memory_bytes"] == 2**30
+    # e1 began starting its engine only once e0's was ready.
+    assert e1["engine_ready_at"] - e1["engine_start_seconds"] >= e0["engine_ready_at"] - 0.05
+    assert "e1: e0 is ready, e1 starts its engine" in two.stderr
+    node = json.loads((meta / "summary-node.json").read_text())
+    assert node["rows"] == len(ids) and node["engine_options"]["engines_per_gpu"] == 2
+
+
+def test_timeline_keeps_about_a_point_a_second_and_the_last_result():
+    from batchgen.run.timeline import Timeline
+
+    t = Timeline(every=1.0, max_points=8)
+    for i in range(100):  # 10 s of rows finishing every 0.1 s
+        t.note(i + 1, now=1000.0 + i / 10)
+    points = t.points()
+    assert points[-1] == (1009.9, 100)  # the last result, not the last sampled second
+    assert len(points) <= 9 and points[0] == (1000.0, 1)
+    assert all(b[0] > a[0] and b[1] > a[1] for a, b in zip(points, points[1:]))
+    assert Timeline().points() == []
