@@ -13,6 +13,7 @@ import pytest
 from batchgen.errors import SpecError
 from batchgen.job.spec import ModelSpec, RuntimeSpec
 from batchgen.models.dims import ModelDims
+from batchgen.node import sharing
 from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
 from batchgen.node.supervisor import engine_layout
 from tests.conftest import ROOT, job_dict, write_job, write_shards
@@ -42,11 +43,14 @@ def test_engine_layout_refuses_more_shared_engines_than_gpus_hold():
         engine_layout(RuntimeSpec(engines_per_gpu=2, num_engines=5), ModelSpec(path="m"), ["0", "1"])
 
 
-def test_auto_shares_gpus_for_small_models_only(tmp_path):
+def test_auto_shares_gpus_for_small_models_only(tmp_path, monkeypatch):
     for name, cfg in (("small", QWEN_06B), ("big", LLAMA_8B)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
     auto = RuntimeSpec(engines_per_gpu="auto")
+    # On the H200 two engines lost on the 0.6B shape (0.92x): auto shares no GPU for it.
+    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"))) == 1
+    monkeypatch.setattr(sharing, "AUTO_SHARE_BELOW_PARAMS", 3e9)  # the rule, once a size below the bound wins
     assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"))) == 2
     assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "big"))) == 1
     assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"), tensor_parallel_size=2)) == 1

@@ -138,3 +138,23 @@ def test_openai_request_options(body, expected, error):
     assert err == error if error is None else error in err
     for k, v in expected.items():
         assert row[k] == v
+
+
+def test_choice_token_table_is_built_before_the_first_request(tiny_model):
+    """A job that scores choices gets its vocabulary table when the engine starts (RequestExtras.prepare,
+    called by VLLMEngine's start), not inside the first engine step; other jobs never pay for it."""
+    from transformers import AutoTokenizer
+
+    from batchgen.engine.params import RequestExtras
+    from batchgen.job.spec import SamplingSpec
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    asked = []
+    extras = RequestExtras(lambda: asked.append(1) or tok, len(tok))
+    extras.prepare(SamplingSpec(temperature=0, structured={"choice": ["a", "b"]}))
+    extras.prepare(SamplingSpec(temperature=0, logprobs=2))
+    assert asked == []  # no choice scores: no table
+    extras.prepare(SamplingSpec(temperature=0, structured={"choice": ["river", "mill"]}, choice_scores=True))
+    assert asked == [1]
+    ids = extras.kwargs(SamplingSpec(temperature=0, structured={"choice": ["river", "mill"]}, choice_scores=True))["logprob_token_ids"]
+    assert asked == [1] and ids and all(tok.decode([i]) and ("river".startswith(tok.decode([i])) or "mill".startswith(tok.decode([i]))) for i in ids)

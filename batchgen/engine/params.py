@@ -101,9 +101,15 @@ class RequestExtras:
         self._asks: dict[str, SamplingSpec] = {}
 
     def choices(self) -> ChoiceTokens:
-        if self._choices is None:  # built on the first request that scores choices (~1 s for a 128k vocabulary)
+        if self._choices is None:  # ~1 s for a 128k vocabulary
             self._choices = ChoiceTokens.for_tokenizer(self._tokenizer(), self._vocab_size)
         return self._choices
+
+    def prepare(self, s: SamplingSpec) -> None:
+        """Before the first request: a job that scores choices builds its token table now, with the engine's
+        start, not inside its first step (on the H200 that second cost CH's first rows; docs/structured.md)."""
+        if s.choice_scores:
+            self.choices()
 
     def kwargs(self, s: SamplingSpec) -> dict[str, Any]:
         kw: dict[str, Any] = {}

@@ -144,6 +144,7 @@ class VllmEngine:
         self._live: set[str] = set()
         # Structured outputs, logprobs and choice scores: request keywords in, Completion fields out.
         self._extras = RequestExtras(self._engine.get_tokenizer, cfg.model_config.get_vocab_size())
+        self._extras.prepare(spec.sampling)
         self._loras = self._load_adapters(spec.model.lora)
 
     def _load_adapters(self, adapters: dict[str, str]) -> dict[str, Any]:

@@ -28,9 +28,11 @@ from batchgen.models.dims import read_dims
 log = logging.getLogger("batchgen")
 
 # `engines_per_gpu: auto`: single-GPU engines of models below AUTO_SHARE_BELOW_PARAMS parameters run
-# AUTO_SHARED_ENGINES per GPU; other models one. Placeholders until the H200 figures decide
-# (benchmarks/gpu/session4.sh block A: S, a 0.6B shape, with 1, 2 and 3 engines on one GPU).
-AUTO_SHARE_BELOW_PARAMS = 3e9
+# AUTO_SHARED_ENGINES per GPU; other models one. Measured on an H200 with vLLM 0.26 (docs/benchmarks.md,
+# session 5): on the 0.6B shape two engines ran at 0.92x of one (344 vs 373 req/s; 385 req/s while both
+# generated, +3%, and the second is ready ~15 s after the first). No size measured wins, so auto shares
+# nothing until one does; engines_per_gpu: N still shares on request.
+AUTO_SHARE_BELOW_PARAMS = 0.0
 AUTO_SHARED_ENGINES = 2
 GATE_POLL_SECONDS = 0.2
 

@@ -93,7 +93,7 @@ bench F "$rounds" -w S "${long[@]}" --methods batchgen,e2,e3,e2free --variant 'e
     --variant 'e3=runtime.engines_per_gpu=3' --variant 'e2free=runtime.engines_per_gpu=2;runtime.cpu_affinity=off'
 
 # Pack: everything measured so far (every call's tarball holds all blocks), logs cut to their tails.
-merged=$(ls "$state"/res/*/results.json 2>/dev/null)
+merged=$(ls "$state"/res/*/results.json 2>/dev/null | grep -v "/res/all/")  # not the previous merge
 if [ -n "$merged" ]; then
   $py -m benchmarks.report "$state/res/all" $merged >>"$state/logs/report.log" 2>&1
   cp "$state/res/all/table.md" "$state/res/all/runs.md" "$out/" 2>/dev/null
