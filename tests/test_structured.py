@@ -115,7 +115,7 @@ def test_json_schema_file_every_parsed_validates(json_engine, tiny_model, tmp_pa
         assert json.loads(r["parsed"]) == json.loads(r["text"])
     # The schema's content, not its path, shapes the output: it is what the manifest records.
     manifest = json.loads((tmp_path / "out" / "_batchgen" / "job.json").read_text())
-    assert manifest["fields"]["sampling"]["structured"]["json_schema"] == QA
+    assert manifest["jobs"][0]["fields"]["sampling"]["structured"]["json_schema"] == QA
 
 
 SCHEMAS = [

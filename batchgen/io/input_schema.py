@@ -3,7 +3,9 @@
 Ids are text or integers: they key exactly-once resume and the user's join back, so they must
 compare the same in every shard and print as themselves. Bytes (maybe not UTF-8), floats (1.0 vs 1),
 nulls and nested values are refused before the engine starts. Other columns may differ in width or
-nullability between shards (int32 here, int64 there; string and large_string), never in kind.
+nullability between shards (int32 here, int64 there; string and large_string), never in kind, except
+the `free` ones a job reads cell by cell without writing them (an image column: bytes in one shard, paths
+in another).
 """
 
 from __future__ import annotations
@@ -35,15 +37,19 @@ def check_id_type(field: pa.Field, shard: str) -> None:
     raise InputError(f"id column {field.name!r} {why}: ids must be text or integers", where=shard, fix=fix)
 
 
-def common_schema(schemas: Mapping[str, pa.Schema], needed: Sequence[str], id_column: str) -> pa.Schema:
+def common_schema(schemas: Mapping[str, pa.Schema], needed: Sequence[str], id_column: str,
+                  free: Sequence[str] = ()) -> pa.Schema:
     """One schema for the `needed` columns of every shard (widest type of each); a column whose kind differs
-    between shards is an InputError naming the column and two shards that disagree."""
+    between shards is an InputError naming the column and two shards that disagree (`free` columns may:
+    the first shard's type stands for them)."""
     fields: dict[str, tuple[pa.Field, str]] = {}  # column -> (its unified field so far, the first shard)
     for shard, schema in schemas.items():
         for col in needed:
             f = schema.field(col)
             if col not in fields:
                 fields[col] = (f, shard)
+                continue
+            if col in free:
                 continue
             seen, first = fields[col]
             try:

@@ -227,10 +227,12 @@ class InputFiles:
         check_id_type(schema.field(self.spec.id_column), shard)
         return schema
 
-    def check_schemas(self, shards: Sequence[str], needed: Sequence[str]) -> pa.Schema:
+    def check_schemas(self, shards: Sequence[str], needed: Sequence[str], free: Sequence[str] = ()) -> pa.Schema:
         """Every shard's columns (check_columns), then one schema for the columns the job reads: a column whose
-        type differs between shards (text in one, numbers in another) fails here, naming both shards."""
-        return common_schema({shard: self.check_columns(shard, needed) for shard in shards}, needed, self.spec.id_column)
+        type differs between shards (text in one, numbers in another) fails here, naming both shards, unless
+        it is one of the `free` columns (input_schema.common_schema)."""
+        return common_schema({shard: self.check_columns(shard, needed) for shard in shards}, needed, self.spec.id_column,
+                             free)
 
 
 def _unreadable(shard: str, e: OSError) -> InputError:

@@ -286,6 +286,12 @@ class JobSpec(Strict):
                 *self.output.passthrough_columns]
         return list(dict.fromkeys(cols))
 
+    def free_type_columns(self) -> list[str]:
+        """Input columns whose type may differ between shards: the image column (bytes, paths, structs or lists
+        of them, decoded cell by cell: io/images.py), unless it is also written out as a passthrough column."""
+        col = self.prompt.image_column
+        return [col] if col and col not in self.output.passthrough_columns else []
+
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what the output holds: a resume with different values is refused."""
         model = self.model.model_dump(include={"path", "tokenizer", "dtype", "quantization", "max_model_len", "load_format",

@@ -75,7 +75,7 @@ def resume(spec: JobSpec, source: InputFiles, store: Store | None, *, force: boo
     target = (manifest.latest_with(fingerprint) or manifest.current_job) if manifest else None
     sel = select(source, found, target.input if target else None)
     shards = list(found) if force else sel.shards  # --force takes the input as it is now
-    schema = source.check_schemas(shards, spec.input_columns()) if schemas else pa.schema([])
+    schema = source.check_schemas(shards, spec.input_columns(), spec.free_type_columns()) if schemas else pa.schema([])
     layouts = source.layouts(shards)
     compare(sel, source, target.input if target else None)
     plan = plan_job(spec.input, layouts, manifest.plan if manifest else None, root=sel.root)
