@@ -118,8 +118,7 @@ def test_kill_9_of_a_run_ends_its_engine_and_a_rerun_ends_leftovers(tiny_model, 
         recycled = Proc(stranger.pid, stranger.started - 1000, "VLLM::EngineCore")
         record.write_text(json.dumps({"processes": [leftover.__dict__, recycled.__dict__]}))
         rerun = Run(job, args=args)
-        assert rerun.proc.wait(timeout=300) == 0, "".join(rerun.lines[-30:])
-        rerun._reader.join(timeout=10)
+        assert rerun.finish() == 0, "".join(rerun.lines[-30:])
         log = "".join(rerun.lines)
         assert f"ended 1 process(es) that an earlier run of worker w0 left running ({record}), before starting the " \
                f"engine: pid {leftover.pid} (sleep 600)" in log

@@ -54,7 +54,11 @@ class Run:
 
     def kill(self, sig: int) -> int:
         self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=120)
+        return self.finish(timeout=120)
+
+    def finish(self, timeout: float = 300) -> int:
+        """Wait for the run to end on its own; its exit code, with every line of its output read."""
+        rc = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=10)
         return rc
 
@@ -80,6 +84,16 @@ def assert_no_duplicates(out: Path) -> list[dict]:
     assert temp_files(out) == []
     assert assert_each_id_once_as_users_read(out) == len(rows)
     return rows
+
+
+def resume_to_the_end(job: Path, out: Path, ids: list, reference: dict) -> None:
+    """The same command once more, to the end: every id exactly once, each with the uninterrupted run's text."""
+    run = Run(job)
+    rc = run.finish()
+    assert rc == 0, "".join(run.lines[-30:])
+    final = assert_no_duplicates(out)
+    assert sorted(r["id"] for r in final) == sorted(ids)
+    assert {r["id"]: r["text"] for r in final} == reference
 
 
 def test_kill_and_resume_exactly_once(tiny_model, tmp_path):
@@ -140,13 +154,7 @@ def test_kill_and_resume_exactly_once(tiny_model, tmp_path):
 
     # 5) The same command, to the end.
     write_job(job, base)
-    run = Run(job)
-    rc = run.proc.wait(timeout=300)
-    run._reader.join(timeout=10)
-    assert rc == 0, "".join(run.lines[-30:])
-    final = assert_no_duplicates(out)
-    assert sorted(r["id"] for r in final) == sorted(ids)
-    assert {r["id"]: r["text"] for r in final} == reference
+    resume_to_the_end(job, out, ids, reference)
     assert json.loads((out / "_SUCCESS.json").read_text())["complete"] is True
 
 

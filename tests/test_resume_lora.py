@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import job_dict, write_job, write_shards
 from tests.lora_adapters import write_adapter
-from tests.test_resume import Run, assert_no_duplicates, committed, n_parts
+from tests.test_resume import Run, assert_no_duplicates, committed, n_parts, resume_to_the_end
 
 pytestmark = pytest.mark.engine
 
@@ -38,10 +38,4 @@ def test_per_row_lora_job_killed_and_resumed_exactly_once(tiny_model, tmp_path):
     before = len(assert_no_duplicates(out))
     assert 0 < before < len(ids)
 
-    run = Run(job)
-    rc = run.proc.wait(timeout=300)
-    run._reader.join(timeout=10)
-    assert rc == 0, "".join(run.lines[-30:])
-    final = assert_no_duplicates(out)
-    assert sorted(r["id"] for r in final) == sorted(ids)
-    assert {r["id"]: r["text"] for r in final} == reference
+    resume_to_the_end(job, out, ids, reference)
