@@ -21,7 +21,7 @@ def one_engine(options: dict[str, Any]) -> dict[str, Any]:
     """batchgen's options as one engine with the whole device would have them (k engines sharing a GPU
     each had 1/k of gpu_memory_utilization and of an explicit KV cache size)."""
     k = int(options.get("engines_per_gpu") or 1)
-    out = {key: v for key, v in options.items() if key != "engines_per_gpu"}
+    out = {key: v for key, v in options.items() if key not in ("engines_per_gpu", "mps")}
     if k > 1:
         out["gpu_memory_utilization"] = round(options["gpu_memory_utilization"] * k, 4)
         if options.get("kv_cache_memory_bytes"):
@@ -73,5 +73,5 @@ def brief(options: dict[str, Any]) -> str:
     if (options.get("stream_interval") or 1) != 1:
         parts.append(f"stream {options['stream_interval']}")
     if (options.get("engines_per_gpu") or 1) > 1:
-        parts.append(f"{options['engines_per_gpu']} engines/GPU")
+        parts.append(f"{options['engines_per_gpu']} engines/GPU" + (" under MPS" if options.get("mps") else ""))
     return ", ".join(parts)

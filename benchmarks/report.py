@@ -97,7 +97,9 @@ def chart(lines: list[dict], path: Path, meta_rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = list(dict.fromkeys(r["workload"] for r in lines))
+    workloads = list(dict.fromkeys(r["workload"] for r in lines if "req_s" in r))  # none measured: no empty panel
+    if not workloads:
+        return
     most = max(sum(1 for r in lines if r["workload"] == wl) for wl in workloads)
     cols = min(2, len(workloads))
     nrows = -(-len(workloads) // cols)

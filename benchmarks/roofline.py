@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from batchgen.models.dims import ModelDims
+from batchgen.engine.dims import ModelDims
 from benchmarks.workloads import WORKLOADS, ModelShape, Workload
 
 H200_TFLOPS_BF16 = 790.0  # dense bf16, as measured on this project's H200 (the figure)

@@ -31,3 +31,33 @@ def test_batchgen_leaves_async_scheduling_and_graph_sizes_to_vllm_unless_asked()
     asked = engine_args_dict(ModelSpec(path="m", max_num_seqs=1024, engine_kwargs={
         "async_scheduling": False, "max_cudagraph_capture_size": 1024, "stream_interval": 8}), on_gpu=True)
     assert (asked["async_scheduling"], asked["max_cudagraph_capture_size"], asked["max_num_seqs"]) == (False, 1024, 1024)
+
+
+def test_gpu_batch_size_by_model_size_and_graphs_that_cover_it(tmp_path):
+    """On a GPU a model below 1B parameters gets 1024 sequences per step and CUDA graphs up to 1024 (H200: the
+    0.6B shape ran 1.25x faster so, docs/benchmarks.md); larger models keep 512, inside vLLM's own graph sizes."""
+    import json
+
+    from batchgen.engine.vllm import engine_args_dict
+    from batchgen.job.spec import ModelSpec
+
+    def folder(name, **cfg):
+        path = tmp_path / name
+        path.mkdir()
+        base = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+                "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}
+        (path / "config.json").write_text(json.dumps({**base, **cfg}))
+        return str(path)
+
+    small = folder("qwen3-0.6b")
+    big = folder("llama-8b", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=14336,
+                 vocab_size=128256, tie_word_embeddings=False)
+    args = engine_args_dict(ModelSpec(path=small), on_gpu=True)
+    assert (args["max_num_seqs"], args["max_cudagraph_capture_size"]) == (1024, 1024)
+    assert engine_args_dict(ModelSpec(path=big), on_gpu=True)["max_num_seqs"] == 512
+    assert "max_cudagraph_capture_size" not in engine_args_dict(ModelSpec(path=big), on_gpu=True)
+    assert engine_args_dict(ModelSpec(path=big, max_num_seqs=768), on_gpu=True)["max_cudagraph_capture_size"] == 768
+    assert "max_num_seqs" not in engine_args_dict(ModelSpec(path=small), on_gpu=False)  # CPU: vLLM's own
+    own = engine_args_dict(ModelSpec(path=small, engine_kwargs={"cudagraph_capture_sizes": [1, 8, 64]}), on_gpu=True)
+    assert own["cudagraph_capture_sizes"] == [1, 8, 64] and "max_cudagraph_capture_size" not in own
+    assert "max_cudagraph_capture_size" not in engine_args_dict(ModelSpec(path=small, enforce_eager=True), on_gpu=True)

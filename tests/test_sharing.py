@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.errors import SpecError
 from batchgen.job.spec import ModelSpec, RuntimeSpec
-from batchgen.models.dims import ModelDims
+from batchgen.engine.dims import ModelDims
 from batchgen.node import sharing
 from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
 from batchgen.node.supervisor import engine_layout

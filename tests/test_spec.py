@@ -27,6 +27,17 @@ def test_precedence_flags_over_set_over_yaml_over_defaults():
     assert spec.model.enable_prefix_caching and spec.model.enable_chunked_prefill  # on by default
 
 
+def test_bare_on_off_words_in_yaml(tmp_path):
+    """YAML 1.1 reads on/off as booleans; the choices spelled with those words take them as written."""
+    job = tmp_path / "job.yaml"
+    job.write_text((ROOT / "jobs" / "label.yaml").read_text() + "\nruntime: {mps: on, cpu_affinity: off, progress: off}\n")
+    runtime = load_job(job).runtime
+    assert (runtime.mps, runtime.cpu_affinity, runtime.progress) == ("on", "off", "off")
+    assert load_job(job, sets=["runtime.mps=off"]).runtime.mps == "off"
+    with pytest.raises(Exception, match="runtime.cpu_affinity: Input should be 'auto' or 'off' .got 'on'."):
+        load_job(job, sets=["runtime.cpu_affinity=on"])
+
+
 @pytest.mark.parametrize("job", ["jobs/label.yaml", "jobs/synth.yaml", "examples/quickstart.yaml"])
 def test_shipped_jobs_are_valid(job):
     load_job(ROOT / job)

@@ -12,14 +12,23 @@ import time
 from typing import Any
 
 from batchgen.engine.base import Completion, EngineInfo, Request
+from batchgen.engine.dims import read_dims
 from batchgen.engine.params import RequestExtras, engine_options
 from batchgen.errors import SpecError
 from batchgen.job.spec import JobSpec, ModelSpec, SamplingSpec
 
 log = logging.getLogger("batchgen.engine")
 
-# CUDA-graph capture covers batches up to 512 by default; larger decode batches run eagerly (slower).
+# Sequences per step on a GPU when model.max_num_seqs is unset: 512, or 1024 for models below
+# SMALL_MODEL_PARAMS parameters, whose steps are short enough that a larger batch pays (H200, vLLM 0.26,
+# the 0.6B shape: 344.6 against 275.5 req/s, docs/benchmarks.md, session 6). vLLM captures CUDA graphs for
+# batches up to 512 unless told otherwise, and a larger batch runs without them (slower than 512 with
+# them), so batchgen raises the capture size to max_num_seqs (engine_kwargs may set their own).
 GPU_DEFAULT_MAX_NUM_SEQS = 512
+SMALL_MODEL_MAX_NUM_SEQS = 1024
+SMALL_MODEL_PARAMS = 1e9
+VLLM_MAX_CAPTURE = 512
+CAPTURE_KWARGS = ("max_cudagraph_capture_size", "cudagraph_capture_sizes", "compilation_config")
 # Adapter slots in one batch when model.max_loras is unset: each slot takes GPU memory (rank x layers).
 DEFAULT_MAX_LORAS = 8
 
@@ -35,7 +44,7 @@ def engine_args_dict(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
         "gpu_memory_utilization": model.gpu_memory_utilization,
         "tensor_parallel_size": model.tensor_parallel_size,
         "trust_remote_code": model.trust_remote_code,
-        "max_num_seqs": model.max_num_seqs or (GPU_DEFAULT_MAX_NUM_SEQS if on_gpu else None),
+        "max_num_seqs": model.max_num_seqs or (gpu_default_max_num_seqs(model.path) if on_gpu else None),
         "max_num_batched_tokens": model.max_num_batched_tokens,
         "enable_prefix_caching": model.enable_prefix_caching,
         "enable_chunked_prefill": model.enable_chunked_prefill,
@@ -44,7 +53,15 @@ def engine_args_dict(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:
         "disable_log_stats": True,
     }
     args = {k: v for k, v in args.items() if v is not None}
+    seqs = args.get("max_num_seqs") or 0
+    if on_gpu and seqs > VLLM_MAX_CAPTURE and not model.enforce_eager and not set(CAPTURE_KWARGS) & set(model.engine_kwargs):
+        args["max_cudagraph_capture_size"] = seqs
     return {**args, **lora_engine_args(model, on_gpu=on_gpu), **model.engine_kwargs}
+
+
+def gpu_default_max_num_seqs(model_path: str) -> int:
+    dims = read_dims(model_path)
+    return SMALL_MODEL_MAX_NUM_SEQS if dims is not None and dims.params() < SMALL_MODEL_PARAMS else GPU_DEFAULT_MAX_NUM_SEQS
 
 
 def lora_engine_args(model: ModelSpec, *, on_gpu: bool) -> dict[str, Any]:

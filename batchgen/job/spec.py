@@ -11,10 +11,18 @@ import json
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from batchgen.job.structured import StructuredSpec
 
+
+
+def _yaml_on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare on/off (yes/no) as a boolean: take it as the word the user wrote."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+OnOff = BeforeValidator(_yaml_on_off)
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a job file must not be silently ignored."""
@@ -175,7 +183,7 @@ class ModelSpec(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     trust_remote_code: bool = False
-    max_num_seqs: int | None = Field(None, ge=1, description="Sequences per engine step. Default: 512 on GPU (CUDA-graph capture size), vLLM's own elsewhere.")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences per engine step. Default on GPU: 1024 for models below 1B parameters (read from config.json), else 512; vLLM's own elsewhere. Above 512, batchgen captures CUDA graphs up to max_num_seqs (unless engine_kwargs set capture sizes).")
     max_num_batched_tokens: int | None = Field(None, ge=16)
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
@@ -203,18 +211,19 @@ class CheckpointSpec(Strict):
 
 
 class RuntimeSpec(Strict):
-    window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 on GPU); 64 if unknown.")
+    window: int | None = Field(None, ge=1, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 or 1024 on GPU, see model.max_num_seqs); 64 if unknown.")
     order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
     ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")
-    progress: Literal["auto", "bar", "lines", "off"] = Field("auto", description="auto: a bar on a terminal, periodic lines otherwise (cron, SLURM logs).")
+    progress: Annotated[Literal["auto", "bar", "lines", "off"], OnOff] = Field("auto", description="auto: a bar on a terminal, periodic lines otherwise (cron, SLURM logs).")
     progress_seconds: float = Field(30.0, gt=0, description="Interval of the plain progress lines.")
     engine: Literal["vllm", "instant"] = Field("vllm", description="`instant` replaces the model by an echo that costs nothing: measures batchgen's own per-row cost.")
     instant_rows_per_second: float = Field(0.0, ge=0, description="engine: instant only. Finish rows at this steady rate (0: at once): an engine of fixed speed without a GPU, to measure scale-out overheads (python -m benchmarks.scaleout).")
     gpus_per_engine: int | None = Field(None, ge=1, description="GPUs per engine process (tensor parallel). Default: model.tensor_parallel_size.")
     num_engines: int | None = Field(None, ge=1, description="Engine processes on this node. Default: visible GPUs / gpus_per_engine x engines_per_gpu (engines_per_gpu without GPUs).")
-    engines_per_gpu: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(1, description="Engine processes sharing each GPU group, for a small model whose engine leaves its GPU idle part of the time (on an H200 with vLLM 0.26, two engines of a 0.6B model were 8% slower than one: docs/scale-out.md). Each gets model.gpu_memory_utilization / N (and 1/N of engine_kwargs.kv_cache_memory_bytes, or of VLLM_CPU_KVCACHE_SPACE on the CPU backend); they start one after another, each once the previous one's engine is ready (engines starting at once on one GPU fail their memory profiling). auto: by model size from its config.json (batchgen/node/sharing.py; 1 for every size until one is measured to win).")
-    cpu_affinity: Literal["auto", "off"] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
+    engines_per_gpu: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(1, description="Engine processes sharing each GPU group, for a small model whose engine leaves its GPU idle part of the time (on an H200 with vLLM 0.26, two engines of a 0.6B model did 1.48x one engine's rows/s while both generated under MPS, +3% taking turns without it: docs/scale-out.md). Each gets model.gpu_memory_utilization / N (and 1/N of engine_kwargs.kv_cache_memory_bytes, or of VLLM_CPU_KVCACHE_SPACE on the CPU backend); they start one after another, each once the previous one's engine is ready (engines starting at once on one GPU fail their memory profiling). auto: by model size from its config.json (batchgen/node/sharing.py; 1 for every size until one is measured to win).")
+    mps: Annotated[Literal["auto", "on", "off"], OnOff] = Field("auto", description="Engines sharing a GPU (engines_per_gpu > 1) under NVIDIA MPS, so that their kernels run side by side instead of taking turns: batchgen starts a private control daemon for the run and ends it after (one the user runs, CUDA_MPS_PIPE_DIRECTORY, is used as it is). auto: when nvidia-cuda-mps-control is on PATH; on: it must be (the job fails before the engines start otherwise); off: never.")
+    cpu_affinity: Annotated[Literal["auto", "off"], OnOff] = Field("auto", description="auto: with several engines on a node, pin each to its own cores, those near its GPUs where the topology says (CPU engines: VLLM_CPU_OMP_THREADS_BIND). off: every engine may run on every core.")
     elastic: bool = Field(False, description="Claim work units through lease files next to the output (spot fleets of changing size) instead of a static rank split.")
     lease_seconds: float = Field(120.0, gt=1, description="An elastic lease not renewed for this long may be taken over.")
     on_duplicate_ids: Literal["error", "warn"] = Field("error", description="Ids that repeat across the job's shards make the join back by id ambiguous (rows are resumed by position, so none is lost): `error` stops the run before the engine starts, naming the ids and where they are; `warn` logs the same and goes on. Checked once per input (the result is recorded in _batchgen/job.json).")

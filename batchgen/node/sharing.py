@@ -1,9 +1,8 @@
 """Several engines on one GPU group (`runtime.engines_per_gpu`): how many, how they split its memory,
 and the gates that start them one after another.
 
-A small model's engine is limited by its host side (scheduling, sampling, detokenizing: one Python
-thread per engine), not by the GPU, which then idles between steps; a second engine process fills
-those gaps. Engines sharing a GPU must not start at the same moment: vLLM sizes its KV cache by
+A small model's engine leaves part of its GPU unused (short kernels, gaps between steps); a second
+engine process fills it, side by side under MPS (batchgen.node.mps), in turns without it. Engines sharing a GPU must not start at the same moment: vLLM sizes its KV cache by
 profiling the device's free memory, and another process allocating or freeing memory meanwhile makes
 that profile fail (seen on an H200 with vLLM 0.26: two engines started together at 0.4 each, the
 second's engine core failed to initialize). So each engine process starts at once (imports, the
@@ -23,15 +22,16 @@ from typing import Callable, Mapping
 
 from batchgen.engine import Engine, preload_engine
 from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
-from batchgen.models.dims import read_dims
+from batchgen.engine.dims import read_dims
 
 log = logging.getLogger("batchgen")
 
 # `engines_per_gpu: auto`: single-GPU engines of models below AUTO_SHARE_BELOW_PARAMS parameters run
-# AUTO_SHARED_ENGINES per GPU; other models one. Measured on an H200 with vLLM 0.26 (docs/benchmarks.md,
-# session 5): on the 0.6B shape two engines ran at 0.92x of one (344 vs 373 req/s; 385 req/s while both
-# generated, +3%, and the second is ready ~15 s after the first). No size measured wins, so auto shares
-# nothing until one does; engines_per_gpu: N still shares on request.
+# AUTO_SHARED_ENGINES per GPU; other models one. Measured on an H200 with vLLM 0.26 (docs/benchmarks.md),
+# the 0.6B shape, 12,000 rows: taking turns (session 5) two engines ran at 0.92x of one (+3% while both
+# generated); under MPS (session 6) 1.06x of one over the run and 1.48x while both generated, the second
+# ready ~21 s after the first. Not yet measured against one engine at the 1024 sequences per step this size
+# now gets (1.25x over 512 alone), nor on a long job: auto shares nothing until that is measured.
 AUTO_SHARE_BELOW_PARAMS = 0.0
 AUTO_SHARED_ENGINES = 2
 GATE_POLL_SECONDS = 0.2

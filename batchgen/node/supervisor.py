@@ -30,6 +30,7 @@ from batchgen.io.store import Store
 from batchgen.job.load import FLAG_PATHS
 from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 from batchgen.node.affinity import plan_affinity
+from batchgen.node.mps import MpsDaemon, start_mps
 from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
 from batchgen.node.view import NodeProgress, engine_line, node_summary, read_summary
 from batchgen.run import signals
@@ -150,8 +151,9 @@ def die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, spec: JobSpec, run: NodeRun, layout: EngineLayout, prep: Prepared):
-        self.spec, self.run, self.layout, self.prep = spec, run, layout, prep
+    def __init__(self, spec: JobSpec, run: NodeRun, layout: EngineLayout, prep: Prepared, mps: MpsDaemon | None = None):
+        self.spec, self.run, self.layout, self.prep, self.mps = spec, run, layout, prep, mps
+        self.mps_servers: list[str] = []
         self.workers = [engine_worker(run.worker, i) for i in range(layout.num_engines)]
         self.procs: list[subprocess.Popen] = []
         self.codes: dict[int, int] = {}
@@ -168,7 +170,7 @@ class Supervisor:
             else [[] for _ in self.layout.groups]
         k = self.layout.engines_per_gpu
         for i, gpus in enumerate(self.layout.groups):
-            env = share_env(engine_env(self.run.env, gpus, cores[i]), k)
+            env = share_env(engine_env(self.mps.client_env(self.run.env) if self.mps else self.run.env, gpus, cores[i]), k)
             cmd = child_command(self.run, self.spec, i) + share_overrides(self.spec.model, k) + self.gates.args(i)
             # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which forwards it once.
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
@@ -206,6 +208,10 @@ class Supervisor:
                     self.codes[i] = proc.returncode
                     self._exited(i, proc.returncode)
             self.gates.open_due(lambda i: i in self.codes)
+            if self.mps and not self.mps_servers and time.monotonic() - last >= every:
+                self.mps_servers = self.mps.servers()  # a server appears once an engine went through MPS
+                if self.mps_servers:
+                    log.info("MPS: server pid %s serves the engines", ",".join(self.mps_servers))
             if time.monotonic() - last >= every:
                 last = time.monotonic()
                 progress.refresh()
@@ -229,6 +235,7 @@ class Supervisor:
         summary = node_summary(base, [s for s in summaries.values() if s is not None], self.layout.num_engines)
         if summary.engine_options:
             summary.engine_options["engines_per_gpu"] = self.layout.engines_per_gpu
+            summary.engine_options["mps"] = bool(self.mps_servers)
         lines = [engine_line(i, w, self.codes.get(i), summaries[i]) for i, w in enumerate(self.workers)]
         self.prep.ledger.load()
         share_done = self.prep.ledger.complete()
@@ -255,7 +262,8 @@ def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:
     if prep.ledger.remaining() == 0:
         return NodeResult(0, runner.run(prep), [])
     base = Summary.begin(spec, run.worker, prep.units, prep.skipped)
-    sup = Supervisor(spec, run, layout, prep)
+    mps = start_mps(spec.runtime.mps, layout.engines_per_gpu, any(layout.groups), run.env)
+    sup = Supervisor(spec, run, layout, prep, mps)
     try:
         with signals.handling(sup.forward):
             sup.start()
@@ -265,6 +273,9 @@ def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:
             if proc.poll() is None:
                 proc.terminate()
         sup.gates.close()
+        if mps:
+            sup.mps_servers = sup.mps_servers or mps.servers()  # a short run may end before the first look
+            mps.stop()
     result = sup.result(base)
     result.summary.wall_seconds = time.monotonic() - t0
     result.summary.complete = _exists(prep.store, SUCCESS)

@@ -35,7 +35,7 @@ model:
   # dtype: auto
   # tensor_parallel_size: 1
   # gpu_memory_utilization: 0.9
-  # max_num_seqs: 512
+  # max_num_seqs: 512                # GPU default (1024 below 1B parameters)
   # engine_kwargs: {{}}                # any other vLLM EngineArgs field
 
 sampling:

@@ -32,6 +32,14 @@
 #   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
 #      A second engine starts ~20 s after the first (one after another on a GPU), so with 12,000 rows it
 #      joins late and a third not at all; 30,000 rows show what they do for a long job   ~25 min
+#   M  (session 6) S: batchgen | 2 engines on the GPU under MPS (runtime.mps: on; without MPS engines on one GPU
+#      take turns) | max_num_seqs 1024 with CUDA graphs up to 1024; 2 rounds of ~75 + 80 + 80 s   ~9 min (+2 cold)
+#   H  (session 6) CH with 12,000 rows (≥ 30 s windows; G's 4,000 gave 14 s): batchgen | raw one call; 2 rounds
+#                                                                        ~7 min (+2 cold)
+#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window 768 | runtime.window 1024 | raw one call;
+#      2 rounds: does a window above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~10 min
+#   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | 2 engines under
+#      MPS | raw one call; 2 rounds: the steady state of two engines, on the new default      ~14 min
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
@@ -42,7 +50,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-A B G C D E F}
+blocks=${S4_BLOCKS:-A B G C D E F M H N P}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -50,7 +58,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B G C D E F"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B G C D E F M H N P"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -79,9 +87,19 @@ bench() {
   say "$block${dry:+ (dry run)}: exit $?"
 }
 
+bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
+    --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024'
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
 bench B "$rounds" -w W1 --methods batchgen,raw1
 bench G 1 -w CH -w JS --methods batchgen,raw1
+ch=(--rows 12000)
+[ "$mode" = tiny ] && ch=()
+bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1
+bench N 2 -w CH "${ch[@]}" --methods batchgen,w768,w1024,raw1 --variant 'w768=runtime.window=768' \
+    --variant 'w1024=runtime.window=1024'
+p30=(--rows 30000)
+[ "$mode" = tiny ] && p30=()
+bench P 2 -w S "${p30[@]}" --methods batchgen,e2mps,raw1 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
 bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
 bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
