@@ -189,7 +189,7 @@ def run(
                 raise typer.Exit(result.exit_code)
         else:
             from batchgen.node.sharing import gated_engine_factory
-            from batchgen.node.supervisor import die_with_parent
+            from batchgen.run.signals import die_with_parent
 
             die_with_parent()
         factory = functools.partial(start_engine, log_level=vllm_log_level)

@@ -16,13 +16,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, f
 from batchgen.job.structured import StructuredSpec
 
 
-
 def _yaml_on_off(value: Any) -> Any:
     """YAML 1.1 reads a bare on/off (yes/no) as a boolean: take it as the word the user wrote."""
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 OnOff = BeforeValidator(_yaml_on_off)
+
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a job file must not be silently ignored."""

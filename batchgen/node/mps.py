@@ -10,10 +10,8 @@ A daemon the user already runs (CUDA_MPS_PIPE_DIRECTORY set) is used as it is.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,19 +20,13 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping
 
 from batchgen.errors import SpecError
+from batchgen.run.signals import die_with_parent
 
 log = logging.getLogger("batchgen")
 
 CONTROL = "nvidia-cuda-mps-control"
 READY_SECONDS = 10.0  # for the daemon's control pipe to appear
 PIPE_ENV, LOG_ENV = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -100,7 +92,7 @@ def start_mps(mode: Literal["auto", "on", "off"], engines_per_gpu: int, on_gpus:
     (folder / "log").mkdir()
     daemon_env = {**env, PIPE_ENV: str(folder / "pipe"), LOG_ENV: str(folder / "log")}
     proc = subprocess.Popen([control, "-f"], env=daemon_env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
     daemon = MpsDaemon(control, folder, proc, daemon_env)
     deadline = time.monotonic() + READY_SECONDS
     while proc.poll() is None and not (folder / "pipe" / "control").exists() and time.monotonic() < deadline:

@@ -2,10 +2,11 @@
 and the gates that start them one after another.
 
 A small model's engine leaves part of its GPU unused (short kernels, gaps between steps); a second
-engine process fills it, side by side under MPS (batchgen.node.mps), in turns without it. Engines sharing a GPU must not start at the same moment: vLLM sizes its KV cache by
-profiling the device's free memory, and another process allocating or freeing memory meanwhile makes
-that profile fail (seen on an H200 with vLLM 0.26: two engines started together at 0.4 each, the
-second's engine core failed to initialize). So each engine process starts at once (imports, the
+engine process fills it, side by side under MPS (batchgen.node.mps), in turns without it. Engines
+sharing a GPU must not start at the same moment: vLLM sizes its KV cache by profiling the device's
+free memory, and another process allocating or freeing memory meanwhile makes that profile fail (seen
+on an H200 with vLLM 0.26: two engines started together at 0.4 each, the second's engine core failed
+to initialize). So each engine process starts at once (imports, the
 plan, the tokenizer), then waits at its gate until the previous engine on its GPU is ready, or exited.
 """
 
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from batchgen.engine import Engine, preload_engine
-from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 from batchgen.engine.dims import read_dims
+from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 
 log = logging.getLogger("batchgen")
 

@@ -11,7 +11,6 @@ this rank's share is committed (whoever commits the job's last unit writes `_SUC
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -139,15 +138,6 @@ def pin_to(cores: Sequence[int]) -> Callable[[], None]:
     def pin() -> None:
         os.sched_setaffinity(0, cores)
     return pin
-
-
-def die_with_parent() -> None:
-    """An engine gets SIGTERM (commit, exit 75) if its supervisor dies, instead of running on orphaned."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: orphans finish their units and exit on their own
-        return
 
 
 class Supervisor:

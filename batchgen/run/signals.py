@@ -8,6 +8,7 @@ one notice. The runner and the node supervisor both install their handlers throu
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import signal
 import time
@@ -77,3 +78,13 @@ class StopNotice:
         else:
             self.hard = True
             log.warning("%s again: committing finished rows and exiting now", name(signum))
+
+
+def die_with_parent() -> None:
+    """This process gets SIGTERM if its parent dies (Linux's PR_SET_PDEATHSIG), instead of running on
+    orphaned: an engine commits and exits 75 when its supervisor is gone, an MPS daemon quits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: orphans finish their units and exit on their own
+        return
