@@ -93,3 +93,40 @@ def test_n_completions(vllm_engine, tiny_model, tmp_path):
         assert len(r["completions"]) == 3
         assert r["text"] == r["completions"][0]["text"]
         assert r["output_tokens"] == sum(c["output_tokens"] for c in r["completions"])
+
+
+def test_window_auto_keeps_a_reserve_for_short_completions(vllm_engine, tiny_model, tmp_path, caplog):
+    """`runtime.window: auto` with completions of 2 tokens: more rows than engine slots are in flight (a reserve
+    queued inside vLLM), every id once, the same greedy texts as the default window."""
+    ids = write_shards(tmp_path / "in", shards=2, rows=300, row_group=100)
+    slots = vllm_engine.info.max_num_seqs
+
+    class Peak:
+        def __init__(self, engine):
+            self.engine, self.info, self.peak = engine, engine.info, 0
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def add(self, req):
+            error = self.engine.add(req)
+            self.peak = max(self.peak, self.engine.in_flight())
+            return error
+
+    texts = []
+    for name, window in (("auto", "auto"), ("fixed", None)):
+        spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / name, sampling={"max_tokens": 2},
+                                 runtime={"window": window}))
+        engine = Peak(vllm_engine)
+        caplog.set_level("INFO", logger="batchgen")
+        summary = run_inprocess(engine, spec)
+        assert summary.complete and summary.counters.rows == len(ids)
+        rows = read_out(tmp_path / name)
+        assert sorted(r["id"] for r in rows) == sorted(ids)
+        texts.append({r["id"]: r["text"] for r in rows})
+        if window == "auto":
+            assert slots < engine.peak <= 2 * slots, (engine.peak, slots)
+            assert f"window auto: {slots} slots + a reserve of" in caplog.text
+        else:
+            assert engine.peak <= slots
+    assert texts[0] == texts[1]

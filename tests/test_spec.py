@@ -38,6 +38,15 @@ def test_bare_on_off_words_in_yaml(tmp_path):
         load_job(job, sets=["runtime.cpu_affinity=on"])
 
 
+def test_a_union_of_choices_is_one_line_naming_each(tmp_path):
+    """`int | 'auto'` fails branch by branch in pydantic: the user reads one line per key, no branch names."""
+    with pytest.raises(Exception) as e:
+        load_job(ROOT / "jobs" / "label.yaml", sets=["runtime.window=abc"])
+    text = str(e.value)
+    assert "runtime.window: Input should be a valid integer, unable to parse string as an integer, or 'auto' (got 'abc')" in text
+    assert "constrained-int" not in text and "literal[" not in text and text.count("runtime.window") == 1
+
+
 @pytest.mark.parametrize("job", ["jobs/label.yaml", "jobs/synth.yaml", "examples/quickstart.yaml"])
 def test_shipped_jobs_are_valid(job):
     load_job(ROOT / job)

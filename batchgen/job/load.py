@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import difflib
 from pathlib import Path
 from typing import Any
@@ -106,10 +108,20 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+# Parts of an error's location that name a branch of a union type (`int | Literal["auto"]`), not a key.
+_UNION_BRANCH = re.compile(r"^(function-\w+\[.*|constrained-\w+|literal\[.*\]|int|float|str|bool|none)$")
+
+
 def _describe(err: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
+    merged: dict[str, int] = {}  # a union's branches fail one by one: one line per key, "or" between them
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-after"))
+        loc = ".".join(str(p) for p in item["loc"] if not _UNION_BRANCH.match(str(p)))
+        if item["type"] not in ("extra_forbidden", "missing") and loc in merged:
+            msg = item["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+            line = lines[merged[loc]]
+            lines[merged[loc]] = line.replace(" (got ", f", or {msg} (got ", 1) if " (got " in line else f"{line}, or {msg}"
+            continue
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc}{_suggest(loc)}")
         elif item["type"] == "missing":
@@ -119,6 +131,7 @@ def _describe(err: ValidationError) -> str:
             got = item.get("input")
             secret = item["loc"][-1:] == ("secret",)  # a mistyped secret key must not be echoed to logs
             shown = "" if isinstance(got, (dict, list)) or got is None or secret else f" (got {got!r})"
+            merged[loc] = len(lines)
             lines.append(f"{loc or 'job'}: {msg}{shown}")
     return "invalid job file:\n  " + "\n  ".join(lines)
 

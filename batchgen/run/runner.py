@@ -34,6 +34,7 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
+from batchgen.run.window import Window
 from batchgen.run.structured import finish_row
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
@@ -110,9 +111,11 @@ class Runner:
         feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
-        # One request in flight per engine slot: on an H100, S ran at 255 req/s with 512 in flight and
-        # 234 with 1024 (docs/benchmarks.md); the engine refills finished slots within the same step.
-        window = spec.runtime.window or (engine.info.max_num_seqs or 64)
+        # One request in flight per engine slot by default: on an H100, S ran at 255 req/s with 512 in flight
+        # and 234 with 1024 (docs/benchmarks.md). `auto` adds a reserve for short completions (run/window.py).
+        slots = engine.info.max_num_seqs or 64
+        given = spec.runtime.window
+        window = Window(slots, auto=True) if given == "auto" else Window(given or slots, auto=False)
         flight = Flight()
         t_gen = time.monotonic()
         summary.generate_started_at = time.time()
@@ -122,6 +125,9 @@ class Runner:
                 feeder.start()
                 self._loop(flight, engine, feeder, committer, progress, window, source)
             ok = True
+            if window.auto:
+                log.info("window auto: %d slots + a reserve of %d (%.1f rows finished per step)",
+                         window.slots, window.size - window.slots, window.finished_per_step)
         finally:
             feeder.stop()
             source.stop()
@@ -159,7 +165,7 @@ class Runner:
         return StaticShare(prep.units)
 
     def _loop(self, f: Flight, engine: Engine, feeder: Feeder, committer: Committer, progress: Progress,
-              window: int, source: UnitSource) -> None:
+              window: Window, source: UnitSource) -> None:
         while True:
             # 1) Top up the window: new requests go in while the engine is mid-flight.
             if not self.stop.stopping:
@@ -167,6 +173,7 @@ class Runner:
             # 2) One engine step; collect what finished in it.
             if engine.in_flight():
                 done = engine.step()
+                window.observe(len(done))
                 if done:
                     self._finish(f, [(req.unit, _output_row(req, c)) for req, c in
                                      ((f.inflight.pop(c.key), c) for c in done)], progress, committer)
@@ -183,9 +190,9 @@ class Runner:
                 self._checkpoint(f, committer)
         self._checkpoint(f, committer)
 
-    def _top_up(self, f: Flight, engine: Engine, feeder: Feeder, window: int, progress: Progress,
+    def _top_up(self, f: Flight, engine: Engine, feeder: Feeder, window: Window, progress: Progress,
                 committer: Committer) -> None:
-        while engine.in_flight() < window:
+        while engine.in_flight() < window.size:
             if not f.pending:
                 chunk = feeder.get(timeout=None if engine.in_flight() else 0.05)
                 if chunk is None:

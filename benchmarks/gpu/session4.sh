@@ -36,10 +36,11 @@
 #      take turns) | max_num_seqs 1024 with CUDA graphs up to 1024; 2 rounds of ~75 + 80 + 80 s   ~9 min (+2 cold)
 #   H  (session 6) CH with 12,000 rows (≥ 30 s windows; G's 4,000 gave 14 s): batchgen | raw one call; 2 rounds
 #                                                                        ~7 min (+2 cold)
-#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window 768 | runtime.window 1024 | raw one call;
-#      2 rounds: does a window above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~10 min
-#   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | 2 engines under
-#      MPS | raw one call; 2 rounds: the steady state of two engines, on the new default      ~14 min
+#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window auto | runtime.window 1024 | raw one call;
+#      2 rounds: does a reserve above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~10 min
+#   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | window auto |
+#      2 engines under MPS | raw one call; 2 rounds: the steady state of two engines on the new default, and
+#      what window auto costs where completions are long                                  ~18 min
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
@@ -95,11 +96,12 @@ bench G 1 -w CH -w JS --methods batchgen,raw1
 ch=(--rows 12000)
 [ "$mode" = tiny ] && ch=()
 bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1
-bench N 2 -w CH "${ch[@]}" --methods batchgen,w768,w1024,raw1 --variant 'w768=runtime.window=768' \
+bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,w1024,raw1 --variant 'wauto=runtime.window=auto' \
     --variant 'w1024=runtime.window=1024'
 p30=(--rows 30000)
 [ "$mode" = tiny ] && p30=()
-bench P 2 -w S "${p30[@]}" --methods batchgen,e2mps,raw1 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
+bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
+    --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
 bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
 bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
