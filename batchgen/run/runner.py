@@ -34,8 +34,8 @@ from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
-from batchgen.run.window import Window
 from batchgen.run.structured import finish_row
+from batchgen.run.window import Window
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.completion import completion_record

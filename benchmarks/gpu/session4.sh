@@ -26,7 +26,7 @@
 #   C  S-T (8,000 rows) and SYN (2,500 rows, n=4): batchgen | raw + raw of 512; 3 x (75 + 110) each
 #                                                                        ~19 min             calls 3-4
 #   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | raw one call with vLLM's defaults |
-#      max_num_seqs 1024 with CUDA graphs up to 1024 | async scheduling off | run_batch with batchgen's
+#      max_num_seqs 512 (S's default before session 6; 1024 since) | async scheduling off | run_batch with batchgen's
 #      options; 3 x (75 + 115 + 95 + 80 + 80 + 80 s)                     ~27 min (+2 cold for run_batch)
 #   E  W3 (1,200 rows; ~30 s at 40 req/s): batchgen | raw + raw of 512    ~10 min
 #   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
@@ -103,8 +103,8 @@ p30=(--rows 30000)
 bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
     --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
 bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
-bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s1024,noasync,runbatcht \
-    --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' \
+bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s512,noasync,runbatcht \
+    --variant 's512=model.max_num_seqs=512' \
     --variant 'noasync=model.engine_kwargs.async_scheduling=false'
 bench E "$rounds" -w W3 --methods batchgen,raw1,rawN
 long=(--rows 30000)
