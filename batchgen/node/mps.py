@@ -3,8 +3,9 @@
 Without MPS, processes on one GPU take turns: the GPU runs one context's kernels at a time, so a
 second engine only fills the gaps the first leaves between kernels. Under NVIDIA's Multi-Process
 Service their kernels run side by side. The supervisor starts a private control daemon
-(`nvidia-cuda-mps-control -f`, its pipe and log folder in a temporary folder, ended with the
-supervisor) and hands its pipe folder to the engines, whose CUDA contexts then go through it.
+(`nvidia-cuda-mps-control -f`, its pipe and log folder in a temporary folder; `quit` after the engines,
+SIGTERM if the supervisor dies) and hands its pipe folder to the engines, whose CUDA contexts then go
+through it.
 A daemon the user already runs (CUDA_MPS_PIPE_DIRECTORY set) is used as it is.
 """
 
