@@ -113,25 +113,27 @@ _UNION_BRANCH = re.compile(r"^(function-\w+\[.*|constrained-\w+|literal\[.*\]|in
 
 def _describe(err: ValidationError) -> str:
     lines: list[str] = []
-    merged: dict[str, int] = {}  # a union's branches fail one by one: one line per key, "or" between them
+    # A union's branches fail one by one: one line per key, their messages joined by "or".
+    merged: dict[str, tuple[int, list[str], str]] = {}  # loc -> (its line, messages, what it got)
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"] if not _UNION_BRANCH.match(str(p)))
-        if item["type"] not in ("extra_forbidden", "missing") and loc in merged:
-            msg = item["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-            line = lines[merged[loc]]
-            lines[merged[loc]] = line.replace(" (got ", f", or {msg} (got ", 1) if " (got " in line else f"{line}, or {msg}"
-            continue
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc}{_suggest(loc)}")
         elif item["type"] == "missing":
             lines.append(f"missing required key {loc}")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            got = item.get("input")
-            secret = item["loc"][-1:] == ("secret",)  # a mistyped secret key must not be echoed to logs
-            shown = "" if isinstance(got, (dict, list)) or got is None or secret else f" (got {got!r})"
-            merged[loc] = len(lines)
-            lines.append(f"{loc or 'job'}: {msg}{shown}")
+            if loc in merged:
+                index, msgs, shown = merged[loc]
+                msgs.append(msg.removeprefix("Input should be "))
+            else:
+                got = item.get("input")
+                secret = item["loc"][-1:] == ("secret",)  # a mistyped secret key must not be echoed to logs
+                shown = "" if isinstance(got, (dict, list)) or got is None or secret else f" (got {got!r})"
+                index, msgs = len(lines), [msg]
+                merged[loc] = (index, msgs, shown)
+                lines.append("")
+            lines[index] = f"{loc or 'job'}: {', or '.join(msgs)}{shown}"
     return "invalid job file:\n  " + "\n  ".join(lines)
 
 

@@ -44,7 +44,7 @@ class MpsDaemon:
         return self.folder / "pipe"
 
     def client_env(self, env: Mapping[str, str]) -> dict[str, str]:
-        return {**env, PIPE_ENV: str(self.pipe_dir), LOG_ENV: str(self.folder / "log")}
+        return {**env, **_folders_env(self.folder)}
 
     def ask(self, command: str, timeout: float = 10.0) -> str:
         """One command to the daemon (`get_server_list`, `quit`, ...); its answer."""
@@ -70,6 +70,11 @@ class MpsDaemon:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _folders_env(folder: Path) -> dict[str, str]:
+    """Where the daemon and its clients meet (the pipe) and where the daemon and its server log."""
+    return {PIPE_ENV: str(folder / "pipe"), LOG_ENV: str(folder / "log")}
+
+
 def start_mps(mode: Literal["auto", "on", "off"], engines_per_gpu: int, on_gpus: bool, env: Mapping[str, str],
               which: Callable[[str], str | None] = shutil.which) -> MpsDaemon | None:
     """Start a private MPS control daemon when engines share GPUs and `mode` asks for it.
@@ -91,14 +96,15 @@ def start_mps(mode: Literal["auto", "on", "off"], engines_per_gpu: int, on_gpus:
     folder = Path(tempfile.mkdtemp(prefix="batchgen-mps-"))
     (folder / "pipe").mkdir()
     (folder / "log").mkdir()
-    daemon_env = {**env, PIPE_ENV: str(folder / "pipe"), LOG_ENV: str(folder / "log")}
+    daemon_env = {**env, **_folders_env(folder)}
     proc = subprocess.Popen([control, "-f"], env=daemon_env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
     daemon = MpsDaemon(control, folder, proc, daemon_env)
+    ready = daemon.pipe_dir / "control"
     deadline = time.monotonic() + READY_SECONDS
-    while proc.poll() is None and not (folder / "pipe" / "control").exists() and time.monotonic() < deadline:
+    while proc.poll() is None and not ready.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    if proc.poll() is None and (folder / "pipe" / "control").exists():
+    if proc.poll() is None and ready.exists():
         log.info("MPS: control daemon pid %d (%s); the engines' kernels share each GPU", proc.pid, folder)
         return daemon
     why = f"exit {proc.returncode}" if proc.poll() is not None else f"no control pipe after {READY_SECONDS:.0f} s"

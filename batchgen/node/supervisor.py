@@ -198,16 +198,20 @@ class Supervisor:
                     self.codes[i] = proc.returncode
                     self._exited(i, proc.returncode)
             self.gates.open_due(lambda i: i in self.codes)
-            if self.mps and not self.mps_servers and time.monotonic() - last >= every:
-                self.mps_servers = self.mps.servers()  # a server appears once an engine went through MPS
-                if self.mps_servers:
-                    log.info("MPS: server pid %s serves the engines", ",".join(self.mps_servers))
             if time.monotonic() - last >= every:
                 last = time.monotonic()
                 progress.refresh()
+                self.look_for_mps_server()
         for t in self._threads:
             t.join(timeout=5)
         progress.close()
+
+    def look_for_mps_server(self) -> None:
+        """Until one is seen: the MPS server that appears once an engine went through the daemon."""
+        if self.mps and not self.mps_servers:
+            self.mps_servers = self.mps.servers()
+            if self.mps_servers:
+                log.info("MPS: server pid %s serves the engines", ",".join(self.mps_servers))
 
     def _exited(self, index: int, code: int) -> None:
         if code == 0 or self.signalled_at is not None:
@@ -264,7 +268,7 @@ def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:
                 proc.terminate()
         sup.gates.close()
         if mps:
-            sup.mps_servers = sup.mps_servers or mps.servers()  # a short run may end before the first look
+            sup.look_for_mps_server()  # a short run may end before the first look
             mps.stop()
     result = sup.result(base)
     result.summary.wall_seconds = time.monotonic() - t0
