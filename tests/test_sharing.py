@@ -1,4 +1,4 @@
-"""Several engines on one GPU group (runtime.engines_per_gpu): layout, memory split, staged start."""
+"""Several engines on one GPU group (runtime.engines_per_gpu): layout, memory split, start together or staged."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from batchgen.errors import SpecError
 from batchgen.job.spec import ModelSpec, RuntimeSpec
 from batchgen.engine.dims import ModelDims
 from batchgen.node import sharing
-from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
+from batchgen.node.sharing import (StartGates, plan_shared_start, resolve_engines_per_gpu, share_env, share_overrides,
+                                   shared_kv_bytes)
 from batchgen.node.supervisor import engine_layout
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 from tests.outputs import texts_each_id_once
@@ -74,6 +75,40 @@ def test_each_shared_engine_gets_its_share_of_memory(caplog):
     assert share_env({}, 2) == {}
 
 
+def test_engines_sharing_a_gpu_start_together_with_explicit_kv_shares(tmp_path):
+    """Each of k engines gets its share of the device as explicit KV bytes (vLLM then skips the memory profile
+    that another engine starting beside it would upset), so they start together; where no size can be made
+    explicit they start one by one."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "config.json").write_text(json.dumps(QWEN_06B))
+    small = ModelSpec(path=str(tmp_path / "small"), gpu_memory_utilization=0.9)
+    h200 = 143_771 * 2**20
+    share = 0.9 * h200 / 2
+    kv = shared_kv_bytes(small, 2, h200)
+    weights = ModelDims.from_config(QWEN_06B).params() * 2
+    assert kv == int(share - weights - 0.1 * share)  # the 10% margin is above 4 GiB on this share
+    assert 50 * 2**30 < kv < 56 * 2**30
+    assert shared_kv_bytes(small, 2, 16 * 2**30) == int(0.45 * 16 * 2**30 - weights - 4 * 2**30)  # 4 GiB at least
+    assert shared_kv_bytes(small, 8, 16 * 2**30) is None  # 1.8 GiB shares hold no KV cache beside the margin
+    assert shared_kv_bytes(small.model_copy(update={"dtype": "float32"}), 2, h200) == int(share - 2 * weights - 0.1 * share)
+    assert shared_kv_bytes(ModelSpec(path="Qwen/Qwen3-0.6B"), 2, h200) is None  # a hub id: size unknown
+    assert shared_kv_bytes(small, 2, None) is None  # no NVML
+
+    auto = RuntimeSpec()
+    plan = plan_shared_start(auto, small, 2, h200, on_gpu=True)
+    assert plan.together and plan.kv_cache_memory_bytes == kv
+    assert share_overrides(small, 2, plan.kv_cache_memory_bytes)[1::2][-1] == f"model.engine_kwargs.kv_cache_memory_bytes={kv}"
+    no_nvml = plan_shared_start(auto, small, 2, None, on_gpu=True)
+    assert not no_nvml.together and "NVML" in no_nvml.why
+    assert plan_shared_start(RuntimeSpec(shared_start="together"), small, 2, None, on_gpu=True).together  # as asked
+    assert not plan_shared_start(RuntimeSpec(shared_start="one_by_one"), small, 2, h200, on_gpu=True).together
+    own = small.model_copy(update={"engine_kwargs": {"kv_cache_memory_bytes": 8 * 2**30}})
+    assert plan_shared_start(auto, own, 2, None, on_gpu=True) == sharing.SharedStart(
+        True, None, "engine_kwargs.kv_cache_memory_bytes sizes each KV cache")  # the job's own size, halved
+    cpu = plan_shared_start(auto, small, 2, None, on_gpu=False)
+    assert cpu.together and cpu.kv_cache_memory_bytes is None and "VLLM_CPU_KVCACHE_SPACE" in cpu.why
+
+
 def test_start_gates_open_one_after_another():
     gates = StartGates(engines=4, per_group=2)  # e0, e1 on one GPU; e2, e3 on another
     try:
@@ -94,9 +129,10 @@ def test_start_gates_open_one_after_another():
 
 @pytest.mark.engine
 def test_two_engines_share_one_device(tiny_model, tmp_path):
-    """Two CPU engines split one device's memory budget, start one after the other, and write every row once
-    with the same greedy texts as one engine (float32: the engines batch rows differently, and bf16 rounding
-    then flips near-tied greedy tokens now and then)."""
+    """Two CPU engines split one device's memory budget and write every row once with the same greedy texts as
+    one engine (float32: the engines batch rows differently, and bf16 rounding then flips near-tied greedy
+    tokens now and then). They start together (on the CPU backend each KV cache has an explicit size), or one
+    after the other with runtime.shared_start: one_by_one."""
     ids = write_shards(tmp_path / "in", shards=2, rows=60, row_group=10)
 
     def job(name: str) -> Path:
@@ -110,22 +146,30 @@ def test_two_engines_share_one_device(tiny_model, tmp_path):
     cmd = [sys.executable, "-m", "batchgen", "run"]
     one = subprocess.run([*cmd, str(job("one"))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stdout + one.stderr[-3000:]
-    two = subprocess.run([*cmd, str(job("two")), "--worker-id", "node", "--set", "runtime.engines_per_gpu=2"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stdout + two.stderr[-3000:]
-    assert texts_each_id_once(tmp_path / "two", ids) == texts_each_id_once(tmp_path / "one", ids)
+    for name, start in (("two", "auto"), ("staged", "one_by_one")):
+        two = subprocess.run([*cmd, str(job(name)), "--worker-id", "node", "--set", "runtime.engines_per_gpu=2",
+                              "--set", f"runtime.shared_start={start}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert two.returncode == 0, two.stdout + two.stderr[-3000:]
+        assert texts_each_id_once(tmp_path / name, ids) == texts_each_id_once(tmp_path / "one", ids)
 
-    meta = tmp_path / "two" / "_batchgen"
-    e0, e1 = (json.loads((meta / f"summary-node-e{i}.json").read_text()) for i in (0, 1))
-    assert e0["rows"] > 0 and e1["rows"] > 0 and e0["rows"] + e1["rows"] == len(ids)
-    for e in (e0, e1):  # each engine has half the memory: 0.05 of the host, 1 GiB of KV cache
-        assert e["engine_options"]["gpu_memory_utilization"] == pytest.approx(0.05)
-        assert e["engine_options"]["kv_cache_memory_bytes"] == 2**30
-    # e1 began starting its engine only once e0's was ready.
-    assert e1["engine_ready_at"] - e1["engine_start_seconds"] >= e0["engine_ready_at"] - 0.05
-    assert "e1: e0 is ready, e1 starts its engine" in two.stderr
-    node = json.loads((meta / "summary-node.json").read_text())
-    assert node["rows"] == len(ids) and node["engine_options"]["engines_per_gpu"] == 2
+        meta = tmp_path / name / "_batchgen"
+        e0, e1 = (json.loads((meta / f"summary-node-e{i}.json").read_text()) for i in (0, 1))
+        assert e0["rows"] > 0 and e1["rows"] > 0 and e0["rows"] + e1["rows"] == len(ids)
+        for e in (e0, e1):  # each engine has half the memory: 0.05 of the host, 1 GiB of KV cache
+            assert e["engine_options"]["gpu_memory_utilization"] == pytest.approx(0.05)
+            assert e["engine_options"]["kv_cache_memory_bytes"] == 2**30
+        e1_began = e1["engine_ready_at"] - e1["engine_start_seconds"]
+        node = json.loads((meta / "summary-node.json").read_text())
+        assert node["rows"] == len(ids) and node["engine_options"]["engines_per_gpu"] == 2
+        if start == "auto":  # e1 began starting its engine while e0's was still starting
+            assert e1_began < e0["engine_ready_at"] - 1.0, (e0, e1)
+            assert "2 engines per CPU device start together: CPU engines" in two.stderr
+            assert node["engine_options"]["shared_start"] == "together"
+        else:  # e1 began starting its engine only once e0's was ready
+            assert e1_began >= e0["engine_ready_at"] - 0.05
+            assert "e1: e0 is ready, e1 starts its engine" in two.stderr
+            assert node["engine_options"]["shared_start"] == "one_by_one"
 
 
 def test_timeline_keeps_about_a_point_a_second_and_the_last_result():

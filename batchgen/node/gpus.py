@@ -75,6 +75,26 @@ def nvml_gpus() -> list[Gpu] | None:
         pynvml.nvmlShutdown()
 
 
+def gpu_memory_bytes(gpu: str) -> int | None:
+    """Total memory of one GPU, named as CUDA_VISIBLE_DEVICES names it (index or UUID); None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:  # noqa: BLE001 - as in nvml_gpus
+        log.debug("NVML unavailable (%s): GPU memory unknown", e)
+        return None
+    try:
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-"))
+                  else pynvml.nvmlDeviceGetHandleByIndex(int(gpu)))
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+    except (pynvml.NVMLError, ValueError) as e:
+        log.warning("NVML could not read the memory of GPU %s (%s)", gpu, e)
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def _nvml_gpu(pynvml: Any, index: int) -> Gpu:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     try:

@@ -1,13 +1,16 @@
 """Several engines on one GPU group (`runtime.engines_per_gpu`): how many, how they split its memory,
-and the gates that start them one after another.
+and whether they start together or one after another.
 
 A small model's engine leaves part of its GPU unused (short kernels, gaps between steps); a second
-engine process fills it, side by side under MPS (batchgen.node.mps), in turns without it. Engines
-sharing a GPU must not start at the same moment: vLLM sizes its KV cache by profiling the device's
-free memory, and another process allocating or freeing memory meanwhile makes that profile fail (seen
-on an H200 with vLLM 0.26: two engines started together at 0.4 each, the second's engine core failed
-to initialize). So each engine process starts at once (imports, the
-plan, the tokenizer), then waits at its gate until the previous engine on its GPU is ready, or exited.
+engine process fills it, side by side under MPS (batchgen.node.mps), in turns without it. vLLM sizes its
+KV cache by profiling the device's free memory, and another process allocating or freeing memory
+meanwhile makes that profile fail (seen on an H200 with vLLM 0.26: two engines started together at 0.4
+each, the second's engine core failed to initialize). With an explicit KV cache size
+(`kv_cache_memory_bytes`) vLLM skips the profile, so batchgen gives each engine of a GPU its share of the
+device as explicit KV bytes (`shared_kv_bytes`) and starts them all at once (`plan_shared_start`); a
+second engine started after the first was ready joined a 41 s run 21 s late. Where no size can be made
+explicit (GPU memory or model size unknown), each engine process starts at once (imports, the plan, the
+tokenizer), then waits at its gate until the previous engine on its GPU is ready, or exited.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -49,8 +53,9 @@ def resolve_engines_per_gpu(runtime: RuntimeSpec, model: ModelSpec) -> int:
     return AUTO_SHARED_ENGINES if dims.params() < AUTO_SHARE_BELOW_PARAMS else 1
 
 
-def share_overrides(model: ModelSpec, k: int) -> list[str]:
-    """`--set` arguments giving one of k engines sharing a device its 1/k of the job's memory budget."""
+def share_overrides(model: ModelSpec, k: int, kv_bytes: int | None = None) -> list[str]:
+    """`--set` arguments giving one of k engines sharing a device its 1/k of the job's memory budget
+    (`kv_bytes`: the KV cache size batchgen derived for each, see shared_kv_bytes)."""
     if k <= 1:
         return []
     sets = [f"model.gpu_memory_utilization={math.floor(model.gpu_memory_utilization / k * 10_000) / 10_000}",
@@ -58,7 +63,60 @@ def share_overrides(model: ModelSpec, k: int) -> list[str]:
     kv = model.engine_kwargs.get("kv_cache_memory_bytes")
     if kv:
         sets.append(f"model.engine_kwargs.kv_cache_memory_bytes={int(kv) // k}")
+    elif kv_bytes:
+        sets.append(f"model.engine_kwargs.kv_cache_memory_bytes={kv_bytes}")
     return [a for s in sets for a in ("--set", s)]
+
+
+# The part of an engine's share of a GPU left out of its explicit KV cache, beside the weights: CUDA context,
+# activations of the largest step, sampler buffers, CUDA graphs (vLLM's own profile of the 0.6B shape with
+# 1024 sequences found ~3 GiB of these on an H200).
+SHARE_MARGIN_BYTES = 4 << 30
+SHARE_MARGIN_FRACTION = 0.10
+MIN_SHARED_KV_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class SharedStart:
+    """How the engines of a shared GPU start: together (each with this KV size, if batchgen sets it) or one by one."""
+
+    together: bool
+    kv_cache_memory_bytes: int | None  # per engine, derived by batchgen; None: the job's own size or vLLM's profile
+    why: str
+
+
+def shared_kv_bytes(model: ModelSpec, k: int, device_bytes: int | None) -> int | None:
+    """Each of k engines' KV cache on a GPU of `device_bytes`: its 1/k of gpu_memory_utilization, less the
+    weights (config.json; 2 bytes a parameter, 4 for float32: an upper bound for quantized weights) and a
+    margin. None where the device's memory or the model's size is unknown, or the share is too small."""
+    dims = read_dims(model.path)
+    if device_bytes is None or dims is None:
+        return None
+    share = model.gpu_memory_utilization * device_bytes / k
+    weights = dims.params() * (4 if model.dtype in ("float32", "float") else 2)
+    kv = int(share - weights - max(SHARE_MARGIN_BYTES, SHARE_MARGIN_FRACTION * share))
+    return kv if kv >= MIN_SHARED_KV_BYTES else None
+
+
+def plan_shared_start(runtime: RuntimeSpec, model: ModelSpec, k: int, device_bytes: int | None, on_gpu: bool) -> SharedStart:
+    """`runtime.shared_start` resolved for k engines per device (see its description in job/spec.py)."""
+    if k <= 1:
+        return SharedStart(True, None, "one engine per device")
+    if runtime.shared_start == "one_by_one":
+        return SharedStart(False, None, "runtime.shared_start: one_by_one")
+    if model.engine_kwargs.get("kv_cache_memory_bytes"):
+        return SharedStart(True, None, "engine_kwargs.kv_cache_memory_bytes sizes each KV cache")
+    if not on_gpu:
+        return SharedStart(True, None, "CPU engines: VLLM_CPU_KVCACHE_SPACE sizes each KV cache")
+    kv = shared_kv_bytes(model, k, device_bytes)
+    if kv is not None:
+        return SharedStart(True, kv, f"each engine gets {kv / 2**30:.1f} GiB of KV cache")
+    unknown = "the GPU's memory (NVML)" if device_bytes is None else "the model's size (config.json)"
+    if runtime.shared_start == "together":
+        log.warning("engines start together as asked, but %s is unknown: vLLM profiles memory that another engine is "
+                    "taking; set model.engine_kwargs.kv_cache_memory_bytes if an engine fails to start", unknown)
+        return SharedStart(True, None, "runtime.shared_start: together")
+    return SharedStart(False, None, f"{unknown} unknown: no explicit KV cache size")
 
 
 def share_env(env: Mapping[str, str], k: int) -> dict[str, str]:

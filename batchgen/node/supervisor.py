@@ -30,7 +30,8 @@ from batchgen.job.load import FLAG_PATHS
 from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 from batchgen.node.affinity import plan_affinity
 from batchgen.node.mps import MpsDaemon, start_mps
-from batchgen.node.sharing import StartGates, resolve_engines_per_gpu, share_env, share_overrides
+from batchgen.node.gpus import gpu_memory_bytes
+from batchgen.node.sharing import SharedStart, StartGates, plan_shared_start, resolve_engines_per_gpu, share_env, share_overrides
 from batchgen.node.view import NodeProgress, engine_line, node_summary, read_summary
 from batchgen.run import signals
 from batchgen.run.prepare import Prepared
@@ -149,7 +150,8 @@ class Supervisor:
         self.codes: dict[int, int] = {}
         self.signalled_at: float | None = None
         self._threads: list[threading.Thread] = []
-        self.gates = StartGates(layout.num_engines, layout.engines_per_gpu)
+        self.shared_start = shared_start_of(spec, layout)
+        self.gates = StartGates(layout.num_engines, 1 if self.shared_start.together else layout.engines_per_gpu)
 
     # -- engines ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,9 +161,13 @@ class Supervisor:
         cores = plan_affinity(sorted(os.sched_getaffinity(0)), self.layout.groups) if pinned \
             else [[] for _ in self.layout.groups]
         k = self.layout.engines_per_gpu
+        if k > 1:
+            log.info("%d engines per %s start %s: %s", k, "GPU" if any(self.layout.groups) else "CPU device",
+                     "together" if self.shared_start.together else "one after another", self.shared_start.why)
+        kv = self.shared_start.kv_cache_memory_bytes
         for i, gpus in enumerate(self.layout.groups):
             env = share_env(engine_env(self.mps.client_env(self.run.env) if self.mps else self.run.env, gpus, cores[i]), k)
-            cmd = child_command(self.run, self.spec, i) + share_overrides(self.spec.model, k) + self.gates.args(i)
+            cmd = child_command(self.run, self.spec, i) + share_overrides(self.spec.model, k, kv) + self.gates.args(i)
             # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which forwards it once.
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -230,6 +236,8 @@ class Supervisor:
         if summary.engine_options:
             summary.engine_options["engines_per_gpu"] = self.layout.engines_per_gpu
             summary.engine_options["mps"] = bool(self.mps_servers)
+            if self.layout.engines_per_gpu > 1:
+                summary.engine_options["shared_start"] = "together" if self.shared_start.together else "one_by_one"
         lines = [engine_line(i, w, self.codes.get(i), summaries[i]) for i, w in enumerate(self.workers)]
         self.prep.ledger.load()
         share_done = self.prep.ledger.complete()
@@ -245,6 +253,14 @@ class Supervisor:
             code = EXIT_FAILED
         summary.interrupted = code == EXIT_INTERRUPTED
         return NodeResult(code, summary, lines)
+
+
+def shared_start_of(spec: JobSpec, layout: EngineLayout) -> SharedStart:
+    """How the engines sharing each GPU group start; the smallest GPU in use sizes every engine's KV cache."""
+    first = [group[0] for group in layout.groups if group]
+    sizes = [gpu_memory_bytes(g) for g in dict.fromkeys(first)] if layout.engines_per_gpu > 1 else []
+    device_bytes = None if not sizes or None in sizes else min(s for s in sizes if s is not None)
+    return plan_shared_start(spec.runtime, spec.model, layout.engines_per_gpu, device_bytes, on_gpu=bool(first))
 
 
 def run_node(spec: JobSpec, run: NodeRun, layout: EngineLayout) -> NodeResult:

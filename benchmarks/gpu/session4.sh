@@ -36,11 +36,17 @@
 #      take turns) | max_num_seqs 1024 with CUDA graphs up to 1024; 2 rounds of ~75 + 80 + 80 s   ~9 min (+2 cold)
 #   H  (session 6) CH with 12,000 rows (≥ 30 s windows; G's 4,000 gave 14 s): batchgen | raw one call; 2 rounds
 #                                                                        ~7 min (+2 cold)
-#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window auto | runtime.window 1024 | raw one call;
-#      2 rounds: does a reserve above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~10 min
+#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window auto | raw one call; 2 rounds: does a reserve
+#      above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~8 min (+2 cold)
 #   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | window auto |
 #      2 engines under MPS | raw one call; 2 rounds: the steady state of two engines on the new default, and
 #      what window auto costs where completions are long                                  ~18 min
+#   Q  (session 7) S, 20,000 rows (~60 s for one engine): batchgen | 2 engines under MPS started together (each
+#      with its explicit KV share; until session 6 the second started once the first was ready, 21 s late) |
+#      raw one call; 2 rounds                                            ~10 min (+2 cold)
+#   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | 2 engines under MPS | raw one call;
+#      2 rounds                                                          ~12 min
+# Session 7 ran `S4_BLOCKS="Q T N"`: three calls after the transfers.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
@@ -51,7 +57,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-A B G C D E F M H N P}
+blocks=${S4_BLOCKS:-Q T N A B G C D E F M H P}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -59,7 +65,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"B G C D E F M H N P"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"Q T B G C D E F M H N P"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -88,6 +94,11 @@ bench() {
   say "$block${dry:+ (dry run)}: exit $?"
 }
 
+e2mps='e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
+q20=(--rows 20000)
+[ "$mode" = tiny ] && q20=()
+bench Q 2 -w S "${q20[@]}" --methods batchgen,e2mps,raw1 --variant "$e2mps"
+bench T 2 -w SYN -w S-T --methods batchgen,e2mps,raw1 --variant "$e2mps"
 bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024'
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
@@ -96,8 +107,7 @@ bench G 1 -w CH -w JS --methods batchgen,raw1
 ch=(--rows 12000)
 [ "$mode" = tiny ] && ch=()
 bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1
-bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,w1024,raw1 --variant 'wauto=runtime.window=auto' \
-    --variant 'w1024=runtime.window=1024'
+bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,raw1 --variant 'wauto=runtime.window=auto'
 p30=(--rows 30000)
 [ "$mode" = tiny ] && p30=()
 bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
