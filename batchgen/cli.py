@@ -177,9 +177,11 @@ def run(
         logging.getLogger("batchgen").info("worker %s: rank %d of %d (%s)", worker, r, w, source)
         if engine_of_node is None:
             from batchgen.node.gpus import visible_gpus
+            from batchgen.node.mps import mps_available
             from batchgen.node.supervisor import NodeRun, engine_layout, run_node
 
-            layout = engine_layout(spec.runtime, spec.model, visible_gpus(os.environ) if spec.runtime.num_engines != 1 else [])
+            layout = engine_layout(spec.runtime, spec.model, visible_gpus(os.environ) if spec.runtime.num_engines != 1 else [],
+                                   mps=mps_available(spec.runtime.mps, os.environ))
             if layout.num_engines > 1:
                 node = NodeRun(job, flags, list(sets or []), r, w, worker, dict(os.environ), force, verbose,
                                state_dir=state_dir.expanduser())

@@ -19,12 +19,15 @@ COMPARED = PASSED + ("gpu_memory_utilization", "cudagraph_capture_sizes")
 
 def one_engine(options: dict[str, Any]) -> dict[str, Any]:
     """batchgen's options as one engine with the whole device would have them (k engines sharing a GPU
-    each had 1/k of gpu_memory_utilization and of an explicit KV cache size)."""
+    each had 1/k of gpu_memory_utilization and of the job's explicit KV cache size; a size batchgen derived
+    for engines started together is dropped: one engine sizes its own by vLLM's profile)."""
     k = int(options.get("engines_per_gpu") or 1)
-    out = {key: v for key, v in options.items() if key not in ("engines_per_gpu", "mps")}
+    out = {key: v for key, v in options.items() if key not in ("engines_per_gpu", "mps", "shared_start", "shared_kv_derived")}
     if k > 1:
         out["gpu_memory_utilization"] = round(options["gpu_memory_utilization"] * k, 4)
-        if options.get("kv_cache_memory_bytes"):
+        if options.get("shared_kv_derived"):
+            out.pop("kv_cache_memory_bytes", None)
+        elif options.get("kv_cache_memory_bytes"):
             out["kv_cache_memory_bytes"] = options["kv_cache_memory_bytes"] * k
     return out
 

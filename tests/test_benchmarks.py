@@ -231,3 +231,21 @@ def test_roofline_names_the_limit_of_each_workload():
     assert w1.max_req_s == pytest.approx(40.2, rel=0.02) and s.max_req_s == pytest.approx(861, rel=0.02)
     assert roofline(WORKLOADS["W3"]).flops_per_row < w1.flops_per_row  # its prefixes come from the cache
     assert main(["-w", "W1", "--req-s", "24", "--json"]) == 0
+
+
+def test_raw_loop_gets_one_engine_of_the_whole_device():
+    """The tuned raw loop copies batchgen's options as one engine with the whole GPU would have them: k engines'
+    memory budget and the job's own KV size times k; a KV size batchgen derived for engines started together
+    is dropped (one engine sizes its own by vLLM's profile)."""
+    from benchmarks.options import differences, one_engine, tuned_engine
+
+    base = {"max_num_seqs": 1024, "async_scheduling": True, "gpu_memory_utilization": 0.45, "cudagraph_capture_sizes": [1, 2]}
+    derived = {**base, "kv_cache_memory_bytes": 30 << 30, "engines_per_gpu": 2, "mps": True,
+               "shared_start": "together", "shared_kv_derived": True}
+    assert one_engine(derived) == {"max_num_seqs": 1024, "async_scheduling": True, "gpu_memory_utilization": 0.9,
+                                   "cudagraph_capture_sizes": [1, 2]}
+    own = {**base, "kv_cache_memory_bytes": 8 << 30, "engines_per_gpu": 2, "shared_start": "together"}
+    assert one_engine(own)["kv_cache_memory_bytes"] == 16 << 30
+    llm = tuned_engine(derived, {"model": "m", "load_format": "dummy"})
+    assert "kv_cache_memory_bytes" not in llm and llm["gpu_memory_utilization"] == 0.9 and llm["max_num_seqs"] == 1024
+    assert differences({**base, "gpu_memory_utilization": 0.9}, derived) == {}

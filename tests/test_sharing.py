@@ -16,7 +16,8 @@ from batchgen.engine.dims import ModelDims
 from batchgen.node import sharing
 from batchgen.node.sharing import (StartGates, plan_shared_start, resolve_engines_per_gpu, share_env, share_overrides,
                                    shared_kv_bytes)
-from batchgen.node.supervisor import engine_layout
+from batchgen.node.mps import mps_available
+from batchgen.node.supervisor import EngineLayout, engine_layout
 from tests.conftest import ROOT, job_dict, write_job, write_shards
 from tests.outputs import texts_each_id_once
 
@@ -44,19 +45,31 @@ def test_engine_layout_refuses_more_shared_engines_than_gpus_hold():
         engine_layout(RuntimeSpec(engines_per_gpu=2, num_engines=5), ModelSpec(path="m"), ["0", "1"])
 
 
-def test_auto_shares_gpus_for_small_models_only(tmp_path, monkeypatch):
+def test_auto_shares_gpus_for_small_models_under_mps_only(tmp_path, monkeypatch):
     for name, cfg in (("small", QWEN_06B), ("big", LLAMA_8B)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
-    auto = RuntimeSpec(engines_per_gpu="auto")
-    # On the H200 two engines lost on the 0.6B shape (0.92x): auto shares no GPU for it.
-    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"))) == 1
-    monkeypatch.setattr(sharing, "AUTO_SHARE_BELOW_PARAMS", 3e9)  # the rule, once a size below the bound wins
-    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"))) == 2
-    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "big"))) == 1
-    assert resolve_engines_per_gpu(auto, ModelSpec(path=str(tmp_path / "small"), tensor_parallel_size=2)) == 1
-    assert resolve_engines_per_gpu(auto, ModelSpec(path="Qwen/Qwen3-0.6B")) == 1  # a hub id: size unknown
+    auto = RuntimeSpec()
+    assert auto.engines_per_gpu == "auto"  # the default
+    small, big = ModelSpec(path=str(tmp_path / "small")), ModelSpec(path=str(tmp_path / "big"))
+    gpu = {"on_gpu": True, "mps": True}
+    assert resolve_engines_per_gpu(auto, small, **gpu) == 2
+    assert resolve_engines_per_gpu(auto, big, **gpu) == 1
+    assert resolve_engines_per_gpu(auto, small, on_gpu=True, mps=False) == 1  # taking turns lost (0.92x)
+    assert resolve_engines_per_gpu(auto, small, on_gpu=False, mps=True) == 1  # CPU engines: never by default
+    assert resolve_engines_per_gpu(auto, small.model_copy(update={"tensor_parallel_size": 2}), **gpu) == 1
+    assert resolve_engines_per_gpu(auto, ModelSpec(path="Qwen/Qwen3-0.6B"), **gpu) == 1  # a hub id: size unknown
     assert resolve_engines_per_gpu(RuntimeSpec(engines_per_gpu=3), ModelSpec(path="m")) == 3
+    assert resolve_engines_per_gpu(RuntimeSpec(engines_per_gpu=1), small, **gpu) == 1
+    # The layout a node gets by default: one GPU, a small model, MPS at hand -> two engines on it; no MPS -> one.
+    assert engine_layout(auto, small, ["0"], mps=True) == EngineLayout(2, 1, (("0",), ("0",)), 2)
+    assert engine_layout(auto, small, ["0"], mps=False) == EngineLayout(1, 1, (("0",),), 1)
+    assert engine_layout(auto, small, [], mps=True) == EngineLayout(1, 1, ((),), 1)
+    # MPS is at hand with the control program on PATH or a user's daemon, and never with mps: off.
+    assert mps_available("auto", {}, which=lambda _: "/usr/bin/nvidia-cuda-mps-control")
+    assert not mps_available("auto", {}, which=lambda _: None)
+    assert mps_available("auto", {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps"}, which=lambda _: None)
+    assert not mps_available("off", {}, which=lambda _: "/usr/bin/nvidia-cuda-mps-control")
     # The size behind the rule: Qwen3-0.6B's published 0.6B (0.44B without embeddings), Llama-3.1-8B's 8.0B.
     assert ModelDims.from_config(QWEN_06B).params() == pytest.approx(0.596e9, rel=0.01)
     assert ModelDims.from_config(LLAMA_8B).params() == pytest.approx(8.03e9, rel=0.01)

@@ -75,6 +75,12 @@ def _folders_env(folder: Path) -> dict[str, str]:
     return {PIPE_ENV: str(folder / "pipe"), LOG_ENV: str(folder / "log")}
 
 
+def mps_available(mode: Literal["auto", "on", "off"], env: Mapping[str, str],
+                  which: Callable[[str], str | None] = shutil.which) -> bool:
+    """Whether engines sharing a GPU would run under MPS: a user's daemon, or the control program to start one."""
+    return mode != "off" and bool(env.get(PIPE_ENV) or which(CONTROL))
+
+
 def start_mps(mode: Literal["auto", "on", "off"], engines_per_gpu: int, on_gpus: bool, env: Mapping[str, str],
               which: Callable[[str], str | None] = shutil.which) -> MpsDaemon | None:
     """Start a private MPS control daemon when engines share GPUs and `mode` asks for it.

@@ -31,24 +31,25 @@ from batchgen.job.spec import JobSpec, ModelSpec, RuntimeSpec
 
 log = logging.getLogger("batchgen")
 
-# `engines_per_gpu: auto`: single-GPU engines of models below AUTO_SHARE_BELOW_PARAMS parameters run
-# AUTO_SHARED_ENGINES per GPU; other models one. Measured on an H200 with vLLM 0.26 (docs/benchmarks.md),
-# the 0.6B shape, 12,000 rows: taking turns (session 5) two engines ran at 0.92x of one (+3% while both
-# generated); under MPS (session 6) 1.06x of one over the run and 1.48x while both generated, the second
-# ready ~21 s after the first. Not yet measured against one engine at the 1024 sequences per step this size
-# now gets (1.25x over 512 alone), nor on a long job: auto shares nothing until that is measured.
-AUTO_SHARE_BELOW_PARAMS = 0.0
+# `engines_per_gpu: auto` (the default): single-GPU engines of models below AUTO_SHARE_BELOW_PARAMS parameters
+# run AUTO_SHARED_ENGINES per GPU where MPS serves them; other models, CPU engines, and GPUs without MPS one.
+# Measured with vLLM 0.26 (docs/benchmarks.md), the 0.6B shape, medians of 2 interleaved rounds on an H100
+# (session 7, engines started together): two engines under MPS ran S (20,000 rows) at 1.14x the tuned raw
+# loop (one engine: 1.09x) and SYN (n=4) at 1.07x (one engine: 0.90x); S-T 0.99x of one engine (one run).
+# Without MPS they take turns, and lost (session 5, H200: 0.92x of one engine).
+AUTO_SHARE_BELOW_PARAMS = 1e9
 AUTO_SHARED_ENGINES = 2
 GATE_POLL_SECONDS = 0.2
 
 
-def resolve_engines_per_gpu(runtime: RuntimeSpec, model: ModelSpec) -> int:
-    """The number of engines per GPU group; `auto` reads the model's size from its config.json."""
+def resolve_engines_per_gpu(runtime: RuntimeSpec, model: ModelSpec, *, on_gpu: bool = False, mps: bool = False) -> int:
+    """The number of engines per GPU group; `auto` shares a GPU only between engines of a small model (size from
+    its config.json) on one GPU each, under MPS (`mps`: batchgen.node.mps.mps_available)."""
     if runtime.engines_per_gpu != "auto":
         return runtime.engines_per_gpu
     tp = model.tensor_parallel_size * int(model.engine_kwargs.get("pipeline_parallel_size", 1))
     dims = read_dims(model.path)
-    if dims is None or tp > 1 or (runtime.gpus_per_engine or 1) > 1:
+    if not on_gpu or not mps or dims is None or tp > 1 or (runtime.gpus_per_engine or 1) > 1:
         return 1
     return AUTO_SHARED_ENGINES if dims.params() < AUTO_SHARE_BELOW_PARAMS else 1
 
@@ -69,8 +70,9 @@ def share_overrides(model: ModelSpec, k: int, kv_bytes: int | None = None) -> li
 
 
 # The part of an engine's share of a GPU left out of its explicit KV cache, beside the weights: CUDA context,
-# activations of the largest step, sampler buffers, CUDA graphs (vLLM's own profile of the 0.6B shape with
-# 1024 sequences found ~3 GiB of these on an H200).
+# activations of the largest step, sampler buffers, CUDA graphs. vLLM 0.26's own profile of the 0.6B shape
+# with 1024 sequences and 16,384 batched tokens (H100, session 7): 0.44 GiB peak activation, 0.22 GiB
+# non-torch, 0.82 GiB CUDA graphs; the margin is more than twice that.
 SHARE_MARGIN_BYTES = 4 << 30
 SHARE_MARGIN_FRACTION = 0.10
 MIN_SHARED_KV_BYTES = 1 << 30

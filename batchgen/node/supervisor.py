@@ -54,10 +54,11 @@ class EngineLayout:
     engines_per_gpu: int = 1
 
 
-def engine_layout(runtime: RuntimeSpec, model: ModelSpec, gpus: Sequence[str]) -> EngineLayout:
-    """Split the visible GPUs into engine groups. `gpus` are CUDA_VISIBLE_DEVICES entries (ids or UUIDs)."""
+def engine_layout(runtime: RuntimeSpec, model: ModelSpec, gpus: Sequence[str], mps: bool = False) -> EngineLayout:
+    """Split the visible GPUs into engine groups. `gpus` are CUDA_VISIBLE_DEVICES entries (ids or UUIDs);
+    `mps`: engines sharing a GPU would run under MPS (what `engines_per_gpu: auto` needs to share one)."""
     per = runtime.gpus_per_engine or model.tensor_parallel_size * int(model.engine_kwargs.get("pipeline_parallel_size", 1))
-    k = resolve_engines_per_gpu(runtime, model)
+    k = resolve_engines_per_gpu(runtime, model, on_gpu=bool(gpus), mps=mps)
     if not gpus:
         n = runtime.num_engines or k
         return EngineLayout(n, per, tuple(() for _ in range(n)), min(k, n))
@@ -238,6 +239,8 @@ class Supervisor:
             summary.engine_options["mps"] = bool(self.mps_servers)
             if self.layout.engines_per_gpu > 1:
                 summary.engine_options["shared_start"] = "together" if self.shared_start.together else "one_by_one"
+                if self.shared_start.kv_cache_memory_bytes:  # derived by batchgen, not the job's own
+                    summary.engine_options["shared_kv_derived"] = True
         lines = [engine_line(i, w, self.codes.get(i), summaries[i]) for i, w in enumerate(self.workers)]
         self.prep.ledger.load()
         share_done = self.prep.ledger.complete()

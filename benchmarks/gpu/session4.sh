@@ -41,15 +41,17 @@
 #   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | window auto |
 #      2 engines under MPS | raw one call; 2 rounds: the steady state of two engines on the new default, and
 #      what window auto costs where completions are long                                  ~18 min
-#   Q  (session 7) S, 20,000 rows (~60 s for one engine): batchgen | 2 engines under MPS started together (each
-#      with its explicit KV share; until session 6 the second started once the first was ready, 21 s late) |
-#      raw one call; 2 rounds                                            ~10 min (+2 cold)
-#   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | 2 engines under MPS | raw one call;
-#      2 rounds                                                          ~12 min
-# Session 7 ran `S4_BLOCKS="Q T N"`: three calls after the transfers.
+#   Q  (session 7) S, 20,000 rows (~60 s for one engine): batchgen (since session 7 two engines under MPS for
+#      this size, started together, each with an explicit KV share; until session 6 the second started once the
+#      first was ready, 21 s late) | e1, one engine | raw one call; 2 rounds            ~10 min (+2 cold)
+#   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | e1 | raw one call; 2 rounds  ~12 min
+# Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
+# default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
-# W1 first. Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
+# W1 first. Since session 7 plain batchgen runs the 0.6B shape (S, S-T, SYN) as two engines under MPS by default
+# (engines_per_gpu: auto), so in the older blocks above "batchgen" and an e2 variant are the same set-up.
+# Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
 # stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
 # before it would apply (v1/engine/output_processor.py:285-300), so it cannot change anything here.
 set -u
@@ -94,11 +96,11 @@ bench() {
   say "$block${dry:+ (dry run)}: exit $?"
 }
 
-e2mps='e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
+e1='e1=runtime.engines_per_gpu=1'
 q20=(--rows 20000)
 [ "$mode" = tiny ] && q20=()
-bench Q 2 -w S "${q20[@]}" --methods batchgen,e2mps,raw1 --variant "$e2mps"
-bench T 2 -w SYN -w S-T --methods batchgen,e2mps,raw1 --variant "$e2mps"
+bench Q 2 -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1"
+bench T 2 -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1"
 bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024'
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
