@@ -179,6 +179,7 @@ def _batchgen_result(folder: Path, setup: Setup) -> dict:
         "generate_s": s["generate_seconds"], "wall_s": s["wall_seconds"], "vllm_version": s["engine_version"],
         "device": s["device"], "parts": len(list((out / "parts").glob("*.parquet"))),
         "upload_wait_s": s["upload_wait_seconds"], "engine_options": s.get("engine_options") or {},
+        "host_cpu": s.get("host_cpu") or [],
     }
     if engines:
         result.update(engines_figures(engines))

@@ -20,14 +20,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def _generate(llm, prompts: list[str], params, chunk: int) -> tuple[list, float]:
+def _generate(llm, prompts: list[str], params, chunk: int) -> tuple[list, float, list]:
+    """The outputs, the seconds, and the host's CPU meanwhile (as batchgen's summaries record it)."""
+    from batchgen.run.hostcpu import HostCpu
+
     chunk = chunk or len(prompts)
     outputs = []
+    cpu = HostCpu(own_name="raw loop")
     t0 = time.monotonic()
     for i in range(0, len(prompts), chunk):
         batch_params = params[i:i + chunk] if isinstance(params, list) else params
         outputs += llm.generate(prompts[i:i + chunk], batch_params, use_tqdm=False)
-    return outputs, time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    return outputs, seconds, cpu.shares(seconds)
 
 
 def run(cfg: dict, result_path: Path) -> dict:
@@ -48,9 +53,9 @@ def run(cfg: dict, result_path: Path) -> dict:
     for k, call in enumerate(cfg["calls"]):
         if k:
             llm.reset_prefix_cache()  # the calls share the engine, not its cache: same prompts again
-        outputs, seconds = _generate(llm, prompts, params, call["chunk"])
+        outputs, seconds, host_cpu = _generate(llm, prompts, params, call["chunk"])
         result["calls"].append({
-            "method": call["method"], "rows": len(outputs), "errors": 0, "generate_s": seconds,
+            "method": call["method"], "rows": len(outputs), "errors": 0, "generate_s": seconds, "host_cpu": host_cpu,
             "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
             "cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
             "output_tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs),

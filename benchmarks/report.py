@@ -31,7 +31,8 @@ SUMMARY = [  # (key, header, format)
 RUNS = [("round", "round", "{}"), ("workload", "workload", "{}"), ("method", "method", "{}"), ("status", "status", "{}"),
         ("req_s", "req/s", "{:.1f}"), ("generate_s", "window s", "{:.1f}"), ("engine_start_s", "engine start s", "{:.1f}"),
         ("process_s", "process s", "{:.1f}"), ("all_engines_req_s", "all engines req/s", "{:.1f}"),
-        ("ready_spread_s", "engines ready spread s", "{:.1f}"), ("options_diff", "options differing from batchgen's", "{}")]
+        ("ready_spread_s", "engines ready spread s", "{:.1f}"), ("busiest", "busiest threads (share of a core)", "{}"),
+        ("options_diff", "options differing from batchgen's", "{}")]
 
 
 def derive(results: list[dict]) -> list[dict]:
@@ -43,6 +44,9 @@ def derive(results: list[dict]) -> list[dict]:
             r["req_s"] = r["rows"] / r["generate_s"]
             r["out_tok_s"] = r["output_tokens"] / r["generate_s"]
             r["cache_hit"] = r["cached_tokens"] / r["prompt_tokens"] if r.get("prompt_tokens") else 0.0
+        if r.get("host_cpu"):  # the processes whose busiest thread came closest to a whole core
+            top = sorted(r["host_cpu"], key=lambda p: -p["busiest_thread"])[:3]
+            r["busiest"] = ", ".join(f"{p['process']} {p['busiest_thread']:.2f}" for p in top)
         rows.append(r)
     return rows
 

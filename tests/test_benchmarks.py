@@ -107,6 +107,12 @@ def test_harness_methods_on_a_sampled_workload(tmp_path):
     # run_batch as a user runs it gets vLLM's plain engine defaults (not the LLM class's): what batchgen is measured against.
     assert runs["vLLM run_batch"]["engine_options"]["max_num_seqs"] == 128 != mine["max_num_seqs"]
     assert runs["batchgen 1 commit"]["parts"] == 1 and runs["batchgen"]["parts"] >= 1
+    # Both loops record the host's CPU while generating (the tests run vLLM's engine core in-process; on a GPU
+    # its EngineCore process is listed beside theirs).
+    for method, own in (("batchgen", "batchgen"), ("raw one call", "raw loop")):
+        mine_cpu = next(p for p in runs[method]["host_cpu"] if p["process"] == own)
+        assert 0 < mine_cpu["busiest_thread"] <= mine_cpu["cores"] + 0.05, runs[method]["host_cpu"]
+    assert "| raw loop " in (out / "runs.md").read_text()  # its busiest thread, per run
     summary = {s["method"]: s for s in _results(out)["summary"]}
     assert summary["batchgen"]["x_run_batch"] == pytest.approx(runs["batchgen"]["req_s"] / runs["vLLM run_batch"]["req_s"])
     png = (out / "chart.png").read_bytes()

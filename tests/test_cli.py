@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -106,6 +107,11 @@ def test_a_run_is_quiet_unless_verbose(tiny_model, tmp_path):
     assert out[0].startswith("batchgen summary [test / ") and all(line.startswith("  ") for line in out[1:]), \
         "stdout holds the summary only: vLLM logs to stderr"
     assert sum(bool(VLLM_LINE.match(line)) for line in err) < 25, "warnings only"
+    # The host's CPU while generating: this process, and vLLM's engine core in its own process.
+    assert any(line.startswith("  host CPU  ") and "busiest thread" in line for line in out), out
+    (saved,) = (tmp_path / "out" / "_batchgen").glob("summary-*.json")
+    procs = {p["process"]: p for p in json.loads(saved.read_text())["host_cpu"]}
+    assert "batchgen" in procs and any("EngineCore" in name for name in procs), procs
 
     out, err = _run(job, "-v", "--set", f"output.path={tmp_path / 'out-v'}", env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     info = [line for line in err if (m := VLLM_LINE.match(line)) and "INFO" in m[0]]

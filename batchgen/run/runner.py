@@ -29,6 +29,7 @@ from batchgen.io.parts import OutputRow
 from batchgen.job.spec import JobSpec
 from batchgen.run import signals
 from batchgen.run.committer import Committer
+from batchgen.run.hostcpu import HostCpu
 from batchgen.run.feeder import Feeder
 from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
@@ -119,6 +120,7 @@ class Runner:
         flight = Flight()
         t_gen = time.monotonic()
         summary.generate_started_at = time.time()
+        cpu = HostCpu()
         ok = False
         try:
             with signals.handling(self.stop.handler):
@@ -137,6 +139,7 @@ class Runner:
             summary.generate_ended_at = summary.generate_started_at + summary.generate_seconds
             progress.close()
             summary.timeline = progress.timeline.points()
+            summary.host_cpu = cpu.shares(summary.generate_seconds)  # before the engine's processes end
             engine.close()
             try:
                 committer.close()

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from batchgen.io.parts import OutputRow, read_meta
 from batchgen.io.shards import Unit
 from batchgen.job.spec import JobSpec
+from batchgen.run import hostcpu
 
 
 @dataclass
@@ -109,6 +110,9 @@ class Summary:
     engine_options: dict[str, Any] = field(default_factory=dict)
     # (epoch, cumulative rows finished), about one point a second (batchgen.run.timeline).
     timeline: list[tuple[float, int]] = field(default_factory=list)
+    # Host CPU over the generation window, per process (this one, vLLM's EngineCore...): cores used and the
+    # busiest thread's share of a core (batchgen.run.hostcpu). A thread near 1.0 sets the pace.
+    host_cpu: list[dict[str, Any]] = field(default_factory=list)
     upload_retries: int = 0
     upload_wait_seconds: float = 0.0
     input_retries: int = 0
@@ -143,4 +147,4 @@ class Summary:
             f"  time      wall {self.wall_seconds:.1f}s, engine start {self.engine_start_seconds:.1f}s, waiting on uploads {self.upload_wait_seconds:.1f}s"
             f" ({self.upload_retries} storage retries, {self.input_retries} input retries)",
             f"  engine    {self.engine} {self.engine_version} on {self.device}; model {self.model}",
-        ]
+        ] + ([f"  host CPU  {hostcpu.brief(self.host_cpu)} while generating"] if self.host_cpu else [])
