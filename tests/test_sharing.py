@@ -57,6 +57,7 @@ def test_auto_shares_gpus_for_small_models_under_mps_only(tmp_path, monkeypatch)
     assert resolve_engines_per_gpu(auto, big, **gpu) == 1
     assert resolve_engines_per_gpu(auto, small, on_gpu=True, mps=False) == 1  # taking turns lost (0.92x)
     assert resolve_engines_per_gpu(auto, small, on_gpu=False, mps=True) == 1  # CPU engines: never by default
+    assert resolve_engines_per_gpu(RuntimeSpec(engine="instant"), small, **gpu) == 1  # no model on the GPU
     assert resolve_engines_per_gpu(auto, small.model_copy(update={"tensor_parallel_size": 2}), **gpu) == 1
     assert resolve_engines_per_gpu(auto, ModelSpec(path="Qwen/Qwen3-0.6B"), **gpu) == 1  # a hub id: size unknown
     assert resolve_engines_per_gpu(RuntimeSpec(engines_per_gpu=3), ModelSpec(path="m")) == 3

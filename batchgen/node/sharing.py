@@ -49,7 +49,7 @@ def resolve_engines_per_gpu(runtime: RuntimeSpec, model: ModelSpec, *, on_gpu: b
         return runtime.engines_per_gpu
     tp = model.tensor_parallel_size * int(model.engine_kwargs.get("pipeline_parallel_size", 1))
     dims = read_dims(model.path)
-    if not on_gpu or not mps or dims is None or tp > 1 or (runtime.gpus_per_engine or 1) > 1:
+    if runtime.engine != "vllm" or not on_gpu or not mps or dims is None or tp > 1 or (runtime.gpus_per_engine or 1) > 1:
         return 1
     return AUTO_SHARED_ENGINES if dims.params() < AUTO_SHARE_BELOW_PARAMS else 1
 
