@@ -262,7 +262,7 @@ def shared_start_of(spec: JobSpec, layout: EngineLayout) -> SharedStart:
     """How the engines sharing each GPU group start; the smallest GPU in use sizes every engine's KV cache."""
     first = [group[0] for group in layout.groups if group]
     sizes = [gpu_memory_bytes(g) for g in dict.fromkeys(first)] if layout.engines_per_gpu > 1 else []
-    device_bytes = None if not sizes or None in sizes else min(s for s in sizes if s is not None)
+    device_bytes = None if not sizes or None in sizes else min(sizes)
     return plan_shared_start(spec.runtime, spec.model, layout.engines_per_gpu, device_bytes, on_gpu=bool(first))
 
 

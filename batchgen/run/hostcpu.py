@@ -67,6 +67,6 @@ class HostCpu:
 
 
 def brief(entries: list[dict[str, Any]], top: int = 3) -> str:
-    """`batchgen 1.10 cores (busiest thread 0.92), VLLM::EngineCore 1.02 (0.99)`."""
+    """`VLLM::EngineCore 1.02 cores (busiest thread 0.99), batchgen 0.60 cores (busiest thread 0.41)`."""
     parts = [f"{e['process']} {e['cores']:.2f} cores (busiest thread {e['busiest_thread']:.2f})" for e in entries[:top]]
     return ", ".join(parts)

@@ -29,8 +29,8 @@ from batchgen.io.parts import OutputRow
 from batchgen.job.spec import JobSpec
 from batchgen.run import signals
 from batchgen.run.committer import Committer
-from batchgen.run.hostcpu import HostCpu
 from batchgen.run.feeder import Feeder
+from batchgen.run.hostcpu import HostCpu
 from batchgen.run.prepare import Prepared, prepare
 from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
