@@ -49,6 +49,7 @@ def fake_nvml(monkeypatch):
         "nvmlDeviceGetUUID": lambda h: f"GPU-{h}aaa".encode(), "nvmlDeviceGetName": lambda h: "NVIDIA H200",
         "nvmlDeviceGetPciInfo": lambda h: SimpleNamespace(busId=[b"00000000:3B:00.0", b"00000000:AF:00.0"][h]),
         "nvmlDeviceGetCpuAffinity": affinity,
+        "nvmlDeviceGetHandleByUUID": lambda u: int(u[4]), "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(total=(h + 1) << 30),
     }
     for name, fn in fakes.items():
         monkeypatch.setattr(pynvml, name, fn)
@@ -66,6 +67,18 @@ def test_nvml_lists_gpus_with_their_bus_ids_and_cores(fake_nvml, two_socket_sysf
     assert visible_gpus({}) == ["0", "1"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,0"}) == ["1"]  # CUDA stops at the first invalid entry
     assert gpu_names() == ["NVIDIA H200", "NVIDIA H200"]
+
+
+def test_gpu_memory_by_index_or_uuid(fake_nvml, monkeypatch):
+    assert gpus.gpu_memory_bytes("0") == 1 << 30 and gpus.gpu_memory_bytes("GPU-1aaa") == 2 << 30
+    assert fake_nvml[-1] == "shutdown"
+    assert gpus.gpu_memory_bytes("not-a-gpu") is None  # neither an index nor a UUID
+
+    def no_library():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
+    assert gpus.gpu_memory_bytes("0") is None and gpus.nvml_gpus() is None
 
 
 def test_affinity_mask_words_are_64_bit():

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 log = logging.getLogger("batchgen")
 
@@ -57,42 +58,47 @@ def gpu_names() -> list[str]:
     return [g.name for g in nvml_gpus() or []]
 
 
-def nvml_gpus() -> list[Gpu] | None:
-    """The GPUs NVML reports, or None if NVML cannot be used here."""
+@contextmanager
+def _nvml(without: str) -> Iterator[Any]:
+    """pynvml, initialized for the block and shut down after it; None where NVML cannot be used here."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception as e:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, or no nvidia-ml-py
-        log.debug("NVML unavailable (%s): no GPUs from NVML", e)
-        return None
+        log.debug("NVML unavailable (%s): %s", e, without)
+        yield None
+        return
     try:
-        return [_nvml_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
-    except pynvml.NVMLError as e:
-        log.warning("NVML failed while listing GPUs (%s); GPU topology from sysfs instead", e)
-        return None
+        yield pynvml
     finally:
         pynvml.nvmlShutdown()
+
+
+def nvml_gpus() -> list[Gpu] | None:
+    """The GPUs NVML reports, or None if NVML cannot be used here."""
+    with _nvml("no GPUs from NVML") as nv:
+        if nv is None:
+            return None
+        try:
+            return [_nvml_gpu(nv, i) for i in range(nv.nvmlDeviceGetCount())]
+        except nv.NVMLError as e:
+            log.warning("NVML failed while listing GPUs (%s); GPU topology from sysfs instead", e)
+            return None
 
 
 def gpu_memory_bytes(gpu: str) -> int | None:
     """Total memory of one GPU, named as CUDA_VISIBLE_DEVICES names it (index or UUID); None without NVML."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as e:  # noqa: BLE001 - as in nvml_gpus
-        log.debug("NVML unavailable (%s): GPU memory unknown", e)
-        return None
-    try:
-        handle = (pynvml.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-"))
-                  else pynvml.nvmlDeviceGetHandleByIndex(int(gpu)))
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-    except (pynvml.NVMLError, ValueError) as e:
-        log.warning("NVML could not read the memory of GPU %s (%s)", gpu, e)
-        return None
-    finally:
-        pynvml.nvmlShutdown()
+    with _nvml("GPU memory unknown") as nv:
+        if nv is None:
+            return None
+        try:
+            handle = (nv.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-"))
+                      else nv.nvmlDeviceGetHandleByIndex(int(gpu)))
+            return int(nv.nvmlDeviceGetMemoryInfo(handle).total)
+        except (nv.NVMLError, ValueError) as e:
+            log.warning("NVML could not read the memory of GPU %s (%s)", gpu, e)
+            return None
 
 
 def _nvml_gpu(pynvml: Any, index: int) -> Gpu:
