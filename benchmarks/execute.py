@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks import options as opts
+from benchmarks.gpubusy import GpuBusy, window_mean
 from benchmarks.methods import Method, Setup
 from benchmarks.sampling import job_sampling
 
@@ -41,7 +42,8 @@ def run_group(group: list[Method], setup: Setup, round_index: int, reference: di
         cmd = _run_batch_command(group[0], setup, folder, reference)
     else:
         cmd = _batchgen_command(group[0], setup, folder)
-    status, process_s = _run(cmd, folder / "log.txt", timeout)
+    with GpuBusy() as busy:
+        status, process_s = _run(cmd, folder / "log.txt", timeout)
     results = []
     for m in group:
         r = _base(m, round_index, status)
@@ -54,6 +56,9 @@ def run_group(group: list[Method], setup: Setup, round_index: int, reference: di
         else:
             if r["status"] != "ok" and r.get("generate_s"):  # a raw call that finished before the process was cut
                 r["status"] = "ok"
+        busy_share = window_mean(busy.samples, r.get("started_at"), r.get("ended_at"))
+        if busy_share is not None:
+            r["gpu_busy"] = busy_share
         if r["status"] == "ok" and reference is not None and m.tuned and r.get("engine_options"):
             r["options_diff"] = opts.differences(r["engine_options"], reference)
         if r["status"] != "ok":
@@ -179,7 +184,7 @@ def _batchgen_result(folder: Path, setup: Setup) -> dict:
         "generate_s": s["generate_seconds"], "wall_s": s["wall_seconds"], "vllm_version": s["engine_version"],
         "device": s["device"], "parts": len(list((out / "parts").glob("*.parquet"))),
         "upload_wait_s": s["upload_wait_seconds"], "engine_options": s.get("engine_options") or {},
-        "host_cpu": s.get("host_cpu") or [],
+        "host_cpu": s.get("host_cpu") or [], "started_at": s.get("generate_started_at"), "ended_at": s.get("generate_ended_at"),
     }
     if engines:
         result.update(engines_figures(engines))

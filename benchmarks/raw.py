@@ -20,19 +20,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 
-def _generate(llm, prompts: list[str], params, chunk: int) -> tuple[list, float, list]:
-    """The outputs, the seconds, and the host's CPU meanwhile (as batchgen's summaries record it)."""
+def _generate(llm, prompts: list[str], params, chunk: int) -> tuple[list, float, list, float]:
+    """The outputs, the seconds, the host's CPU meanwhile (as batchgen's summaries record it) and the wall-clock
+    start (the harness's GPU samples are matched to the window by it)."""
     from batchgen.run.hostcpu import HostCpu
 
     chunk = chunk or len(prompts)
     outputs = []
     cpu = HostCpu(own_name="raw loop")
-    t0 = time.monotonic()
+    started_at, t0 = time.time(), time.monotonic()
     for i in range(0, len(prompts), chunk):
         batch_params = params[i:i + chunk] if isinstance(params, list) else params
         outputs += llm.generate(prompts[i:i + chunk], batch_params, use_tqdm=False)
     seconds = time.monotonic() - t0
-    return outputs, seconds, cpu.shares(seconds)
+    return outputs, seconds, cpu.shares(seconds), started_at
 
 
 def run(cfg: dict, result_path: Path) -> dict:
@@ -53,9 +54,10 @@ def run(cfg: dict, result_path: Path) -> dict:
     for k, call in enumerate(cfg["calls"]):
         if k:
             llm.reset_prefix_cache()  # the calls share the engine, not its cache: same prompts again
-        outputs, seconds, host_cpu = _generate(llm, prompts, params, call["chunk"])
+        outputs, seconds, host_cpu, started_at = _generate(llm, prompts, params, call["chunk"])
         result["calls"].append({
             "method": call["method"], "rows": len(outputs), "errors": 0, "generate_s": seconds, "host_cpu": host_cpu,
+            "started_at": started_at, "ended_at": started_at + seconds,
             "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
             "cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs),
             "output_tokens": sum(len(c.token_ids) for o in outputs for c in o.outputs),

@@ -35,10 +35,11 @@ async def _timed(rb, build, args) -> dict:
     async with build(args, usage_context=UsageContext.OPENAI_BATCH_RUNNER) as client:  # as rb.main does
         engine_start = time.monotonic() - t0
         options = effective_options(client.vllm_config)
-        t1 = time.monotonic()
+        started_at, t1 = time.time(), time.monotonic()
         await rb.run_batch(client, args)
         seconds = time.monotonic() - t1
-    return {"engine_start_s": engine_start, "generate_s": seconds, "engine_options": options}
+    return {"engine_start_s": engine_start, "generate_s": seconds, "engine_options": options,
+            "started_at": started_at, "ended_at": started_at + seconds}
 
 
 def read_output(path: Path) -> dict:

@@ -52,7 +52,7 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
     first = subprocess.run(script, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     log = (out / "progress.log").read_text()
-    for block in "QTKBGCDE":
+    for block in "RYQTKBGCDE":
         assert f"{block} (dry run): exit 0" in log, log + (state / "logs" / f"{block}.log").read_text()
     assert "A: exit 0" in log, log + (state / "logs" / "A.log").read_text()[-3000:]
 
@@ -90,7 +90,10 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
 def test_harness_methods_on_a_sampled_workload(tmp_path):
     """SYN (n=4, temperature 0.8, a seed per row) through every kind of method: batchgen, its one-commit
     variant, the raw loop with batchgen's options and with vLLM's defaults, run_batch both ways."""
+    import time
+
     out = tmp_path / "out"
+    proc_started = time.time()
     proc = _harness(tmp_path, out, "-w", "SYN", "--rows", "12", "--rounds", "1",
                     "--methods", "batchgen,raw1,raw1d,runbatch,runbatcht,batchgen1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -113,6 +116,9 @@ def test_harness_methods_on_a_sampled_workload(tmp_path):
         mine_cpu = next(p for p in runs[method]["host_cpu"] if p["process"] == own)
         assert 0 < mine_cpu["busiest_thread"] <= mine_cpu["cores"] + 0.05, runs[method]["host_cpu"]
     assert "| raw loop " in (out / "runs.md").read_text()  # its busiest thread, per run
+    for r in runs.values():  # each run's window on the wall clock: the harness's GPU samples are averaged over it
+        assert r["ended_at"] - r["started_at"] == pytest.approx(r["generate_s"], abs=0.01), r
+        assert r["started_at"] > proc_started and "gpu_busy" not in r  # no NVML on the CPU machine: no figure
     summary = {s["method"]: s for s in _results(out)["summary"]}
     assert summary["batchgen"]["x_run_batch"] == pytest.approx(runs["batchgen"]["req_s"] / runs["vLLM run_batch"]["req_s"])
     png = (out / "chart.png").read_bytes()

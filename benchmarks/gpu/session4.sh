@@ -45,9 +45,13 @@
 #      this size, started together, each with an explicit KV share; until session 6 the second started once the
 #      first was ready, 21 s late) | e1, one engine | raw one call; 2 rounds            ~10 min (+2 cold)
 #   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | e1 | raw one call; 2 rounds  ~12 min
-#   K  (for session 8) S, 20,000 rows: batchgen (a commit every 5 s) | batchgen1 (one commit at the end): what
+#   K  (for session 8) S, 12,000 rows: batchgen (a commit every 5 s) | batchgen1 (one commit at the end): what
 #      checkpointing costs (goal <= 2%); 3 rounds                        ~9 min
-# Session 8: `S4_BLOCKS="Q T N K"` (Q and T with 3 rounds now), then D E C.
+#   R  (session 8) S, 20,000 rows: batchgen (two engines under MPS) | e1 | e3, three engines | raw one call;
+#      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
+#      left, or is the GPU already busy?                                  ~13 min (+2 cold)
+#   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
+# Session 8 ran `S4_BLOCKS="R Y K N"`: R and Y replace Q and T (device time), K moved to 12,000 rows.
 # Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
 # default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
@@ -62,7 +66,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-Q T N K D E C A B G F M H P}
+blocks=${S4_BLOCKS:-R Y K N D E C T Q A B G F M H P}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -70,7 +74,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"Q T K B G C D E F M H N P"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y Q T K B G C D E F M H N P"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -102,9 +106,13 @@ bench() {
 e1='e1=runtime.engines_per_gpu=1'
 q20=(--rows 20000)
 [ "$mode" = tiny ] && q20=()
+bench R 2 -w S "${q20[@]}" --methods batchgen,e1,e3,raw1 --variant "$e1" --variant 'e3=runtime.engines_per_gpu=3'
+bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1"
+k12=(--rows 12000)
+[ "$mode" = tiny ] && k12=()
+bench K "$rounds" -w S "${k12[@]}" --methods batchgen,batchgen1
 bench Q "$rounds" -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1"
 bench T "$rounds" -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1"
-bench K "$rounds" -w S "${q20[@]}" --methods batchgen,batchgen1
 bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
     --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024'
 bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
