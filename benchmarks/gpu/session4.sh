@@ -51,7 +51,7 @@
 #      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
 #      left, or is the GPU already busy?                                  ~13 min (+2 cold)
 #   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
-# Session 8 ran `S4_BLOCKS="R Y K N"`: R and Y replace Q and T (device time), K moved to 12,000 rows.
+# Session 8 ran `S4_BLOCKS="R K Y N"`: R and Y replace Q and T (device time), K moved to 12,000 rows.
 # Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
 # default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
@@ -66,7 +66,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-R Y K N D E C T Q A B G F M H P}
+blocks=${S4_BLOCKS:-R K Y N D E C T Q A B G F M H P}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -107,10 +107,10 @@ e1='e1=runtime.engines_per_gpu=1'
 q20=(--rows 20000)
 [ "$mode" = tiny ] && q20=()
 bench R 2 -w S "${q20[@]}" --methods batchgen,e1,e3,raw1 --variant "$e1" --variant 'e3=runtime.engines_per_gpu=3'
-bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1"
 k12=(--rows 12000)
 [ "$mode" = tiny ] && k12=()
 bench K "$rounds" -w S "${k12[@]}" --methods batchgen,batchgen1
+bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1"
 bench Q "$rounds" -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1"
 bench T "$rounds" -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1"
 bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
