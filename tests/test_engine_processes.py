@@ -56,7 +56,10 @@ def engine_tree(pid: int) -> list[Proc]:
 
 def engine_of_node(node: int, index: int) -> int:
     for child in psutil.Process(node).children():
-        args = child.cmdline()
+        try:
+            args = child.cmdline()
+        except psutil.Error:  # a child that ended (or is a zombie) while we look: not an engine
+            continue
         if "--engine-of-node" in args and args[args.index("--engine-of-node") + 1] == str(index):
             return child.pid
     raise AssertionError(f"no engine e{index} under the supervisor")

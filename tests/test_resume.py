@@ -169,8 +169,14 @@ def test_sigterm_while_the_engine_starts_exits_75_and_leaves_no_process(tiny_mod
     run = Run(job, multiprocess_engine=True)
     me = psutil.Process(run.proc.pid)
 
+    def command(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # a short-lived child gone, or a zombie not yet reaped, while we look
+            return ""
+
     def engine_core_started() -> list:
-        return [p for p in me.children(recursive=True) if "multiprocessing" in " ".join(p.cmdline())]
+        return [p for p in me.children(recursive=True) if "multiprocessing" in command(p)]
 
     run.wait_until(lambda: engine_core_started(), timeout=120)
     started = engine_core_started()
@@ -182,7 +188,7 @@ def test_sigterm_while_the_engine_starts_exits_75_and_leaves_no_process(tiny_mod
     assert time.monotonic() - t0 < 60
     assert "while the engine was starting" in log and "rerun the same command to resume" in log
     gone, alive = psutil.wait_procs(started, timeout=30)
-    assert not alive, f"engine processes left behind: {[p.cmdline() for p in alive]}"
+    assert not alive, f"engine processes left behind: {[command(p) for p in alive]}"
     assert not any((out / "parts").glob("*.parquet"))
 
 
