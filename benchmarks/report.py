@@ -107,7 +107,7 @@ def chart(lines: list[dict], path: Path, meta_rows: list[dict]) -> None:
     most = max(sum(1 for r in lines if r["workload"] == wl) for wl in workloads)
     cols = min(2, len(workloads))
     nrows = -(-len(workloads) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, (0.45 * most + 1.1) * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.0 * cols, 8.0), (0.45 * most + 1.1) * nrows), squeeze=False)
     colors = {"raw": "#9aa5b1", "run_batch": "#c9a227", "batchgen": "#2f6fdb"}
     for ax, wl in zip(axes.flat, workloads):
         got = [r for r in lines if r["workload"] == wl and "req_s" in r][::-1]  # top to bottom as in the table
@@ -124,7 +124,8 @@ def chart(lines: list[dict], path: Path, meta_rows: list[dict]) -> None:
         ax.margins(x=0.35)
     for ax in list(axes.flat)[len(workloads):]:
         ax.axis("off")
-    device = next((r.get("device") for r in meta_rows if r.get("device")), "?")
+    # The raw loop's name for the device first: a node's summary prefixes it with its engine count.
+    device = next((r.get("device") for r in sorted(meta_rows, key=lambda r: r.get("kind") != "raw") if r.get("device")), "?")
     version = next((r.get("vllm_version") for r in meta_rows if r.get("vllm_version")), "?")
     fig.suptitle(f"batchgen vs LLM.generate and run_batch: {device}, vLLM {version}", fontsize=9)
     fig.tight_layout()
