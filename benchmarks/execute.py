@@ -186,6 +186,8 @@ def _batchgen_result(folder: Path, setup: Setup) -> dict:
         "upload_wait_s": s["upload_wait_seconds"], "engine_options": s.get("engine_options") or {},
         "host_cpu": s.get("host_cpu") or [], "started_at": s.get("generate_started_at"), "ended_at": s.get("generate_ended_at"),
     }
+    if s.get("output_ended_at") and s.get("generate_started_at"):  # to the last commit: what checkpointing is judged on
+        result["output_s"] = s["output_ended_at"] - s["generate_started_at"]
     if engines:
         result.update(engines_figures(engines))
     return result

@@ -110,6 +110,11 @@ def test_harness_methods_on_a_sampled_workload(tmp_path):
     # run_batch as a user runs it gets vLLM's plain engine defaults (not the LLM class's): what batchgen is measured against.
     assert runs["vLLM run_batch"]["engine_options"]["max_num_seqs"] == 128 != mine["max_num_seqs"]
     assert runs["batchgen 1 commit"]["parts"] == 1 and runs["batchgen"]["parts"] >= 1
+    for method in ("batchgen", "batchgen 1 commit"):  # the time to the last commit includes the final one
+        r = runs[method]
+        assert r["generate_s"] < r["output_s"] < r["generate_s"] + 30, r
+        assert r["req_s_output"] == pytest.approx(r["rows"] / r["output_s"])
+    assert "req_s_output" not in runs["raw one call"]
     # Both loops record the host's CPU while generating (the tests run vLLM's engine core in-process; on a GPU
     # its EngineCore process is listed beside theirs).
     for method, own in (("batchgen", "batchgen"), ("raw one call", "raw loop")):

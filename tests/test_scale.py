@@ -175,7 +175,7 @@ def test_node_time_runs_from_the_first_engine_start_to_the_last_end():
     def summary(worker: str, start: float, end: float, rows: int) -> Summary:
         return Summary(job="j", worker=worker, model="m", engine="vllm", engine_version="0", device="gpu", units=1,
                        rows_total=rows, rows_skipped=0, counters=Counters(rows=rows), generate_seconds=end - start,
-                       generate_started_at=start, generate_ended_at=end)
+                       generate_started_at=start, generate_ended_at=end, output_ended_at=end + 1.5)
 
     base = Summary(job="j", worker="n", model="m", engine="vllm", engine_version="-", device="-", units=2,
                    rows_total=300, rows_skipped=0)
@@ -184,4 +184,5 @@ def test_node_time_runs_from_the_first_engine_start_to_the_last_end():
     node = node_summary(base, parts, 2)
     assert node.generate_seconds == 25.0 and node.counters.rows == 300
     assert node.as_dict()["rows_per_second"] == 12.0
+    assert node.output_ended_at == 1026.5  # the node's output is complete when its last engine's last part is
     assert "generating" in engine_line(1, "e1", 0, parts[1])

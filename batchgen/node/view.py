@@ -92,6 +92,7 @@ def node_summary(base: Summary, parts: Sequence[Summary], engines: int) -> Summa
         out.device = f"{engines} engines, {parts[0].device}"
         out.engine_options = dict(parts[0].engine_options)
         out.engine_ready_at = max(s.engine_ready_at for s in parts)  # the node runs at full strength from here
+        out.output_ended_at = max(s.output_ended_at for s in parts)
         out.host_cpu = [{"worker": s.worker, **p} for s in parts for p in s.host_cpu]
     return out
 

@@ -144,6 +144,7 @@ class Runner:
             try:
                 committer.close()
             finally:
+                summary.output_ended_at = time.time()
                 source.close()  # after the last commit: finished units are marked done, the rest released
                 summary.counters = committer.committed
                 summary.upload_retries = prep.store.retry.retried

@@ -106,6 +106,9 @@ class Summary:
     # Epoch when the engine became ready (its start began engine_start_seconds before): engines sharing a
     # GPU start one after another, and this shows it.
     engine_ready_at: float = 0.0
+    # Epoch when this run's last part was committed: its output complete as a reader sees it. Minus
+    # generate_started_at, what a run took including its final commit (which generate_seconds leaves out).
+    output_ended_at: float = 0.0
     # What the engine runs with, read back from it (vLLM: batch sizes, async scheduling, CUDA graphs, memory).
     engine_options: dict[str, Any] = field(default_factory=dict)
     # (epoch, cumulative rows finished), about one point a second (batchgen.run.timeline).

@@ -51,7 +51,8 @@
 #      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
 #      left, or is the GPU already busy?                                  ~13 min (+2 cold)
 #   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
-# Session 8 ran `S4_BLOCKS="R K Y N"`: R and Y replace Q and T (device time), K moved to 12,000 rows.
+# Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
+# time lost to refused starts). Next session: `S4_BLOCKS="K Y N"`, then D E C.
 # Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
 # default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
