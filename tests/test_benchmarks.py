@@ -52,7 +52,7 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
     first = subprocess.run(script, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     log = (out / "progress.log").read_text()
-    for block in "RYQTKBGCDE":
+    for block in "RYVQTKBGCDE":
         assert f"{block} (dry run): exit 0" in log, log + (state / "logs" / f"{block}.log").read_text()
     assert "A: exit 0" in log, log + (state / "logs" / "A.log").read_text()[-3000:]
 

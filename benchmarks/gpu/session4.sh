@@ -51,8 +51,12 @@
 #      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
 #      left, or is the GPU already busy?                                  ~13 min (+2 cold)
 #   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
+#   V  (for session 9) S, 20,000 rows, where two engines make the GPU the limit (session 8): batchgen | s768, two
+#      engines of 768 sequences (on an H100 each engine's 30.7 GiB of KV cache holds ~900 sequences of S's
+#      mean length, not 1024: does vLLM preempt and recompute?) | kvfp8, an fp8 KV cache (half the bytes
+#      each decode step reads; changes numerics, so never a default) | raw one call; 2 rounds   ~11 min
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
-# time lost to refused starts). Next session: `S4_BLOCKS="K Y N"`, then D E C.
+# time lost to refused starts). Next session: `S4_BLOCKS="K Y V N"`, then D E C.
 # Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
 # default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
@@ -67,7 +71,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-R K Y N D E C T Q A B G F M H P}
+blocks=${S4_BLOCKS:-R K Y V N D E C T Q A B G F M H P}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -75,7 +79,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y Q T K B G C D E F M H N P"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y V Q T K B G C D E F M H N P"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -112,6 +116,9 @@ k12=(--rows 12000)
 [ "$mode" = tiny ] && k12=()
 bench K "$rounds" -w S "${k12[@]}" --methods batchgen,batchgen1
 bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1"
+bench V 2 -w S "${q20[@]}" --methods batchgen,s768,kvfp8,raw1 \
+    --variant 's768=model.max_num_seqs=768' \
+    --variant 'kvfp8=model.engine_kwargs.kv_cache_dtype=fp8'
 bench Q "$rounds" -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1"
 bench T "$rounds" -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1"
 bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
