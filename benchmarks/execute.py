@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks import options as opts
-from benchmarks.gpubusy import GpuBusy, window_mean
+from benchmarks.gpubusy import GpuBusy
 from benchmarks.methods import Method, Setup
 from benchmarks.sampling import job_sampling
 
@@ -56,7 +56,7 @@ def run_group(group: list[Method], setup: Setup, round_index: int, reference: di
         else:
             if r["status"] != "ok" and r.get("generate_s"):  # a raw call that finished before the process was cut
                 r["status"] = "ok"
-        busy_share = window_mean(busy.samples, r.get("started_at"), r.get("ended_at"))
+        busy_share = busy.mean(r.get("started_at"), r.get("ended_at"))
         if busy_share is not None:
             r["gpu_busy"] = busy_share
         if r["status"] == "ok" and reference is not None and m.tuned and r.get("engine_options"):

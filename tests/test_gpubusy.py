@@ -12,12 +12,12 @@ from benchmarks.gpubusy import GpuBusy, window_mean
 
 def test_samples_the_visible_gpu_and_averages_its_window(monkeypatch):
     calls = []
-    busy_by_gpu = {0: iter(range(0, 1000, 10)), 3: iter(range(0, 1000, 10))}
+    readings = iter(range(0, 1000, 10))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
     monkeypatch.setattr(pynvml, "nvmlInit", lambda: calls.append("init"))
     monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: calls.append("shutdown"))
     monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: calls.append(i) or i)
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=min(next(busy_by_gpu[h]), 100)))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=min(next(readings), 100) if h == 3 else -1))
     with GpuBusy(period=0.01) as busy:
         time.sleep(0.3)
     assert calls[:2] == ["init", 3] and calls[-1] == "shutdown"  # the first visible GPU, NVML closed after
