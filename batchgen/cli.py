@@ -340,8 +340,29 @@ def init(
     typer.echo(f"wrote {path}: edit input, prompt and model, then `batchgen validate {path}`")
 
 
+# Commands that only read and print. Once one has answered, its process ends without the interpreter's native
+# teardown, where pyarrow's thread pools now and then abort a finished process ("terminate called without an
+# active exception", apache/arrow#34314): `status` exited -6 in CI after printing its whole answer.
+QUICK_EXIT_COMMANDS = frozenset({"status", "plan", "validate", "report"})
+
+
 def main() -> None:
-    app()
+    """The `batchgen` command. Tests call `app` in-process; only a real process takes the quick exit."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command not in QUICK_EXIT_COMMANDS:
+        app()
+        return
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,27 @@ def test_a_run_is_quiet_unless_verbose(tiny_model, tmp_path):
     assert len(info) >= 10, "-v: vLLM's INFO lines are back"
     assert not any("Passing raw prompts" in line for line in out + err)
     assert any(line.startswith("[batchgen] DEBUG ") for line in err)
+
+
+@pytest.mark.parametrize("argv, quick, code", [(["status", "{job}", "--json"], True, 0),
+                                               (["status", "{missing}"], True, 2), (["--version"], False, 0)])
+def test_read_only_commands_end_without_the_interpreters_teardown(tmp_path, argv, quick, code):
+    """status, plan, validate and report end with os._exit once answered (pyarrow's thread pools can abort a
+    finished process in the interpreter's teardown): the answer is whole, the exit code kept, and teardown
+    (here an atexit hook) skipped; other commands end normally."""
+    import shutil
+
+    job_dir = tmp_path / "job"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "install", job_dir)
+    mark = tmp_path / "teardown-ran"
+    args = [a.format(job=job_dir / "job.yaml", missing=tmp_path / "nope.yaml") for a in argv]
+    script = (f"import atexit, sys; atexit.register(lambda: open({str(mark)!r}, 'w').close()); "
+              f"sys.argv = ['batchgen', *{args!r}]; from batchgen.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert mark.exists() != quick
+    if argv[0] == "status" and code == 0:
+        assert json.loads(proc.stdout)["units_done"] >= 1  # the whole JSON answer reached the pipe
+    if code == 2:
+        assert "nope.yaml" in proc.stdout + proc.stderr
