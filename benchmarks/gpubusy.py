@@ -12,17 +12,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
-
-def _device_index() -> int:
-    """The first GPU this process may use (the harness's processes see the same ones)."""
-    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+from batchgen.node.gpus import nvml_handle, nvml_session
 
 
 class GpuBusy:
-    """A sampling thread for the block's duration: `with GpuBusy() as busy: ...; busy.mean(start, end)`."""
+    """A sampling thread for the block's duration: `with GpuBusy() as busy: ...; busy.mean(start, end)`. It samples
+    the first GPU this process may use (CUDA_VISIBLE_DEVICES: an index or a UUID), as the harness's processes do."""
 
     def __init__(self, period: float = 0.5) -> None:
         self.period = period
@@ -30,20 +28,18 @@ class GpuBusy:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nv: Any = None
+        self._session = ExitStack()
 
     def __enter__(self) -> GpuBusy:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-        except Exception:  # noqa: BLE001 - no NVML, no GPU (the CPU build): nothing to sample
+        nv = self._session.enter_context(nvml_session("no GPU busy figures"))
+        if nv is None:  # no NVML, no GPU (the CPU build): nothing to sample
             return self
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(_device_index())
-        except pynvml.NVMLError:
-            pynvml.nvmlShutdown()
+            handle = nvml_handle(nv, os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip())
+        except (nv.NVMLError, ValueError):
+            self._session.close()
             return self
-        self._nv = pynvml
+        self._nv = nv
         self._thread = threading.Thread(target=self._sample, args=(handle,), name="gpu-busy", daemon=True)
         self._thread.start()
         return self
@@ -59,7 +55,7 @@ class GpuBusy:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-            self._nv.nvmlShutdown()
+        self._session.close()
 
     def mean(self, start: float | None, end: float | None) -> float | None:
         """Mean utilization (0-1) of the samples between two wall-clock times; None without samples there."""

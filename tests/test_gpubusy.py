@@ -42,3 +42,14 @@ def test_window_mean_needs_a_window_with_samples():
     samples = [(10.0, 100), (11.0, 50), (12.0, 0)]
     assert window_mean(samples, 10.0, 11.0) == 0.75
     assert window_mean(samples, None, 11.0) is None and window_mean(samples, 20.0, 30.0) is None
+
+
+def test_a_gpu_named_by_uuid_is_sampled(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-3aaa")
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", lambda u: u)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=70 if h == "GPU-3aaa" else -1))
+    with GpuBusy(period=0.01) as busy:
+        time.sleep(0.1)
+    assert busy.samples and {u for _, u in busy.samples} == {70}

@@ -59,7 +59,7 @@ def gpu_names() -> list[str]:
 
 
 @contextmanager
-def _nvml(without: str) -> Iterator[Any]:
+def nvml_session(without: str) -> Iterator[Any]:
     """pynvml, initialized for the block and shut down after it; None where NVML cannot be used here."""
     try:
         import pynvml
@@ -77,7 +77,7 @@ def _nvml(without: str) -> Iterator[Any]:
 
 def nvml_gpus() -> list[Gpu] | None:
     """The GPUs NVML reports, or None if NVML cannot be used here."""
-    with _nvml("no GPUs from NVML") as nv:
+    with nvml_session("no GPUs from NVML") as nv:
         if nv is None:
             return None
         try:
@@ -89,16 +89,19 @@ def nvml_gpus() -> list[Gpu] | None:
 
 def gpu_memory_bytes(gpu: str) -> int | None:
     """Total memory of one GPU, named as CUDA_VISIBLE_DEVICES names it (index or UUID); None without NVML."""
-    with _nvml("GPU memory unknown") as nv:
+    with nvml_session("GPU memory unknown") as nv:
         if nv is None:
             return None
         try:
-            handle = (nv.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-"))
-                      else nv.nvmlDeviceGetHandleByIndex(int(gpu)))
-            return int(nv.nvmlDeviceGetMemoryInfo(handle).total)
+            return int(nv.nvmlDeviceGetMemoryInfo(nvml_handle(nv, gpu)).total)
         except (nv.NVMLError, ValueError) as e:
             log.warning("NVML could not read the memory of GPU %s (%s)", gpu, e)
             return None
+
+
+def nvml_handle(nv: Any, gpu: str) -> Any:
+    """NVML's handle of one GPU named as CUDA_VISIBLE_DEVICES names it: an index or a UUID (ValueError otherwise)."""
+    return nv.nvmlDeviceGetHandleByUUID(gpu) if gpu.startswith(("GPU-", "MIG-")) else nv.nvmlDeviceGetHandleByIndex(int(gpu))
 
 
 def _nvml_gpu(pynvml: Any, index: int) -> Gpu:
