@@ -73,6 +73,8 @@ def brief(options: dict[str, Any]) -> str:
     parts = [f"seqs {options.get('max_num_seqs')}", f"tokens {options.get('max_num_batched_tokens')}",
              f"async {'on' if options.get('async_scheduling') else 'off'}",
              f"graphs ≤{max(sizes)}" if sizes else "no graphs", f"mem {options.get('gpu_memory_utilization')}"]
+    if options.get("kv_cache_tokens"):
+        parts.append(f"KV {options['kv_cache_tokens'] / 1000:.0f}k tokens")
     if (options.get("stream_interval") or 1) != 1:
         parts.append(f"stream {options['stream_interval']}")
     if (options.get("engines_per_gpu") or 1) > 1:

@@ -105,6 +105,7 @@ def test_harness_methods_on_a_sampled_workload(tmp_path):
         assert r["output_tokens"] == 12 * 4 * 8, r  # n=4 completions of 128 / 16 tokens each, for every method
         assert r["prompt_tokens"] == 12 * 16, r  # the same 16-token prompts (run_batch's through the chat template)
         assert r["req_s"] > 0 and r["engine_start_s"] > 0 and r["engine_options"]["max_num_seqs"]
+        assert r["engine_options"]["kv_cache_tokens"] > 0, r  # read back from every kind of engine
     mine = runs["batchgen"]["engine_options"]
     assert runs["raw one call"]["options_diff"] == {} and runs["vLLM run_batch, batchgen's options"]["options_diff"] == {}
     # run_batch as a user runs it gets vLLM's plain engine defaults (not the LLM class's): what batchgen is measured against.

@@ -12,7 +12,7 @@ import pytest
 
 from batchgen.errors import SpecError
 from batchgen.job.spec import ModelSpec, RuntimeSpec
-from batchgen.engine.dims import ModelDims
+from batchgen.engine.dims import ModelDims, read_dims
 from batchgen.node import sharing
 from batchgen.node.sharing import (StartGates, plan_shared_start, resolve_engines_per_gpu, share_env, share_overrides,
                                    shared_kv_bytes)
@@ -173,6 +173,9 @@ def test_two_engines_share_one_device(tiny_model, tmp_path):
         for e in (e0, e1):  # each engine has half the memory: 0.05 of the host, 1 GiB of KV cache
             assert e["engine_options"]["gpu_memory_utilization"] == pytest.approx(0.05)
             assert e["engine_options"]["kv_cache_memory_bytes"] == 2**30
+            # ... which holds this many tokens (float32 KV; vLLM rounds down to whole blocks)
+            per_token = read_dims(tiny_model).kv_bytes_per_token(4)
+            assert 2**30 - per_token * e["engine_options"]["block_size"] < e["engine_options"]["kv_cache_tokens"] * per_token <= 2**30
         e1_began = e1["engine_ready_at"] - e1["engine_start_seconds"]
         node = json.loads((meta / "summary-node.json").read_text())
         assert node["rows"] == len(ids) and node["engine_options"]["engines_per_gpu"] == 2

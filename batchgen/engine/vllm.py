@@ -271,6 +271,7 @@ def effective_options(cfg: Any) -> dict[str, Any]:
     what the benchmark's hand-written loop is given so that both run on the same settings."""
     sched, cache, comp, model = cfg.scheduler_config, cfg.cache_config, cfg.compilation_config, cfg.model_config
     sizes = getattr(comp, "cudagraph_capture_sizes", None)
+    blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
     return {
         "max_num_seqs": sched.max_num_seqs,
         "max_num_batched_tokens": sched.max_num_batched_tokens,
@@ -280,7 +281,10 @@ def effective_options(cfg: Any) -> dict[str, Any]:
         "gpu_memory_utilization": cache.gpu_memory_utilization,
         "kv_cache_memory_bytes": getattr(cache, "kv_cache_memory_bytes", None),
         "enable_prefix_caching": cache.enable_prefix_caching,
-        "block_size": getattr(cache, "block_size", None),
+        "block_size": block_size,
+        # The KV cache's size in tokens (the engine core reports its blocks once they are allocated): with fewer
+        # than max_num_seqs x a row's prompt and completion, vLLM preempts running rows and recomputes them.
+        "kv_cache_tokens": blocks * block_size if blocks and block_size else None,
         "cudagraph_capture_sizes": list(sizes or []),
         "max_cudagraph_capture_size": getattr(comp, "max_cudagraph_capture_size", None),
         "cudagraph_mode": str(getattr(comp, "cudagraph_mode", None)),
