@@ -160,3 +160,32 @@ def test_the_next_unit_is_claimed_before_the_previous_is_committed(tiny_model, t
     feeding = [in_flight for in_flight, added in engine.trace if added < len(ids)]
     assert len(feeding) > 40 and min(feeding) == 8, engine.trace
     assert len(stats_rows(tmp_path / "out")) == 6  # one commit per unit, all at the end
+
+
+class SlowClosingEngine(InstantEngine):
+    """An engine whose shutdown takes `close_seconds` (a GPU engine's processes take seconds to exit)."""
+
+    def __init__(self, spec: JobSpec, close_seconds: float):
+        super().__init__(spec)
+        self.close_seconds = close_seconds
+        self.closed_at = 0.0
+
+    def close(self) -> None:
+        time.sleep(self.close_seconds)
+        self.closed_at = time.time()
+        super().close()
+
+
+def test_output_ends_with_the_last_commit_not_the_engines_shutdown(tiny_model, tmp_path):
+    """summary.output_ended_at (the benchmark's "req/s to last commit") is when the last part was committed: after
+    the last result, and before a slow engine shutdown has ended, which is not the output's time."""
+    write_shards(tmp_path / "in", shards=1, rows=30, row_group=30)
+    job = job_dict(tiny_model, tmp_path / "in", tmp_path / "out", input={"unit_rows": 10},
+                   runtime={"engine": "instant", "progress": "off"})
+    spec = validate(job)
+    engine = SlowClosingEngine(spec, close_seconds=1.5)
+    summary = Runner(spec, RunOptions(engine_factory=lambda _s: engine)).run()
+    assert summary.complete and summary.counters.rows == 30
+    assert summary.generate_ended_at <= summary.output_ended_at < engine.closed_at - 1.0, summary
+    newest_part = max(p.stat().st_mtime for p in (tmp_path / "out" / "parts").glob("*.parquet"))
+    assert abs(summary.output_ended_at - newest_part) < 0.5

@@ -47,6 +47,7 @@ class Committer:
         self.committed = Counters()
         self.parts = 0
         self.wait_seconds = 0.0  # time generation was held back because uploads fell behind
+        self.last_committed_at: float | None = None  # wall clock when the latest part was committed
         self._last_warning = float("-inf")
         self._last = time.monotonic()
         self._thread = threading.Thread(target=self._work, name="batchgen-commit", daemon=True)
@@ -144,3 +145,4 @@ class Committer:
             s.on_part(unit, seq, fresh, self.backlog)
         self.committed = self.committed.merge(counters)
         self.parts += 1
+        self.last_committed_at = time.time()

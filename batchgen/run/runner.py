@@ -144,7 +144,8 @@ class Runner:
             try:
                 committer.close()
             finally:
-                summary.output_ended_at = time.time()
+                # The last part's commit, not this moment: the engine's shutdown above may outlast the final upload.
+                summary.output_ended_at = committer.last_committed_at or time.time()
                 source.close()  # after the last commit: finished units are marked done, the rest released
                 summary.counters = committer.committed
                 summary.upload_retries = prep.store.retry.retried

@@ -45,18 +45,21 @@
 #      this size, started together, each with an explicit KV share; until session 6 the second started once the
 #      first was ready, 21 s late) | e1, one engine | raw one call; 2 rounds            ~10 min (+2 cold)
 #   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | e1 | raw one call; 2 rounds  ~12 min
-#   K  (for session 8) S, 12,000 rows: batchgen (a commit every 5 s) | batchgen1 (one commit at the end): what
+#   K  (session 9) S, 12,000 rows: batchgen (a commit every 5 s) | batchgen1 (one commit at the end): what
 #      checkpointing costs (goal <= 2%); 3 rounds                        ~9 min
 #   R  (session 8) S, 20,000 rows: batchgen (two engines under MPS) | e1 | e3, three engines | raw one call;
 #      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
 #      left, or is the GPU already busy?                                  ~13 min (+2 cold)
 #   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
-#   V  (for session 9) S, 20,000 rows, where two engines make the GPU the limit (session 8): batchgen | s768, two
+#   V  (for session 10) S, 20,000 rows, where two engines make the GPU the limit (session 8): batchgen | s768, two
 #      engines of 768 sequences (on an H100 each engine's 30.7 GiB of KV cache holds ~900 sequences of S's
 #      mean length, not 1024: does vLLM preempt and recompute?) | kvfp8, an fp8 KV cache (half the bytes
 #      each decode step reads; changes numerics, so never a default) | raw one call; 2 rounds   ~11 min
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
-# time lost to refused starts). Next session: `S4_BLOCKS="K Y V N"`, then D E C.
+# time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
+# refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
+# H100 holds 287,712 KV tokens, fewer than 1024 x S's 384: V's s768 is the question. Next session: `S4_BLOCKS="V Y N"`,
+# then D E C (the default queue).
 # Session 7 ran `S4_BLOCKS="Q T N"` (4 calls after the transfers; N got no time) when one engine was still the
 # default, as `--methods batchgen,e2mps,raw1` with e2mps = engines_per_gpu 2 under MPS: the same three set-ups.
 # Three calls of ~8.5 min reach block G; the rest waits for a later session (same command: a fresh
@@ -71,7 +74,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-R K Y V N D E C T Q A B G F M H P}
+blocks=${S4_BLOCKS:-V Y N D E C T Q A B G F M H P R K}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
