@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +24,8 @@ from batchgen.ops.rowfacts import read_row_facts
 from batchgen.ops.timeline import build_timeline
 from batchgen.run.runner import RunOptions, Runner
 from batchgen.job.spec import JobSpec
-from tests.conftest import job_dict, write_job, write_shards
+from tests.conftest import ROOT, job_dict, write_job, write_shards
+from tests.outputs import texts_each_id_once
 
 # matplotlib's first two colours: one per worker, in sorted worker order.
 C0, C1 = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
@@ -234,3 +238,58 @@ def test_device_time_counts_killed_runs_by_their_parts_and_nodes_once(tmp_path):
     assert facts.wall_seconds == 130.0 and facts.devices == ["cuda: NVIDIA H200"] and facts.engines == ["vllm 0.26.0"]
     assert facts.device_hours == 2 * (100.0 + 110.0) / 3600 and facts.rows_generated == 20
     assert facts.cost(1) is None and facts.on_gpu
+
+
+def test_report_notes_a_kv_cache_too_small_for_max_num_seqs(tmp_path):
+    """Session 9's H100 case: two engines sharing the GPU held 287,712 KV tokens each, and 1024 sequences of S's rows
+    (256 prompt + 128 output tokens, ~320 in flight) take ~327,680: the report says so, with what fits. A cache that
+    holds them, or SYN's shape (n=4: 256 rows of 256 + 512 tokens), gets no note."""
+    from batchgen.job.load import validate
+    from batchgen.ops.outputstate import OutputState, WorkerEnd
+    from batchgen.ops.runfacts import gather_run_facts
+    from batchgen.ops.status import build_status
+
+    def facts(kv: int, n: int = 1):
+        job = job_dict(tmp_path / "model", tmp_path / "in", tmp_path / "out", sampling={"n": n, "max_tokens": 128})
+        spec = validate(job)
+        ends = {}
+        for w in ("n-e0", "n-e1"):
+            s = _summary(w, 60.0, 1100.0, rows=6000)
+            s.update(prompt_tokens=256 * 6000, cached_tokens=0, output_tokens=128 * n * 6000,
+                     engine_options={"max_num_seqs": 1024, "kv_cache_tokens": kv})
+            ends[w] = WorkerEnd(s, 1100.0)
+        state = OutputState([], None, ends)
+        st = build_status(spec, "out", state, None, 3000.0, [])
+        return st, gather_run_facts(spec, st, state, None)
+
+    _, tight = facts(287_712)
+    (note,) = [n for n in tight.notes if n.startswith("KV cache")]
+    assert "held 287,712 tokens" in note and "1,024 sequences" in note and "about 327,680 at once" in note
+    assert "about 899 sequences fit" in note and "model.max_num_seqs" in note
+    for kv, n in ((600_000, 1), (287_712, 4)):
+        assert not [x for x in facts(kv, n)[1].notes if x.startswith("KV cache")]
+
+
+@pytest.mark.engine
+def test_a_kv_cache_too_small_for_its_rows_loses_none_and_the_report_says_so(tiny_model, tmp_path):
+    """The real CPU engine with 4 KV blocks (vLLM's num_gpu_blocks_override; 128-token blocks on the CPU): 64
+    sequences of these rows do not fit, so vLLM preempts and recomputes rows. Every row is still written once,
+    the summary records the cache's size, and the report says how many sequences fit."""
+    ids = write_shards(tmp_path / "in", shards=1, rows=60, row_group=20)
+    spec = job_dict(tiny_model, tmp_path / "in", tmp_path / "out", sampling={"max_tokens": 48})
+    spec["model"].update(dtype="float32", max_num_seqs=64, max_model_len=384,
+                         engine_kwargs={"num_gpu_blocks_override": 4})
+    job = write_job(tmp_path / "job.yaml", spec)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    run = subprocess.run([sys.executable, "-m", "batchgen", "run", str(job)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    texts_each_id_once(tmp_path / "out", ids)
+
+    shown = invoke("report", str(job), "--out", str(tmp_path / "rep"))
+    assert shown.exit_code == 0, shown.output
+    notes = [line for line in shown.output.splitlines() if "KV cache:" in line]
+    assert len(notes) == 1 and "held 512 tokens" in notes[0] and "64 sequences (max_num_seqs)" in notes[0], shown.output
+    fits = int(re.search(r"about (\d+) sequences fit", notes[0]).group(1))
+    assert 1 <= fits < 64
+    assert "KV cache:" in (tmp_path / "rep" / "report.html").read_text()

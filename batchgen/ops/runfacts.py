@@ -107,7 +107,36 @@ def gather_run_facts(spec: JobSpec, st: JobStatus, state: OutputState, gpu_hour_
         generate_span=(max(ended) - min(started)) if started and ended else None, gpu_hour_price=gpu_hour_price)
     if len(top) > 1:
         facts.notes.append(f"times are the longest of {len(top)} workers' last runs (they run side by side)")
+    kv = kv_cache_note([r for r in runs if r.summary and not r.node], spec.sampling.n)
+    if kv:
+        facts.notes.append(kv)
     return facts
+
+
+def kv_cache_note(runs: list[WorkerRun], n: int) -> str | None:
+    """Where an engine's KV cache (`engine_options.kv_cache_tokens`) held fewer tokens than its max_num_seqs
+    sequences of this job's rows take at once, vLLM preempted running rows and computed them again (session 9
+    of docs/benchmarks.md: two engines sharing an H100 held 287,712 tokens each, 1024 rows of S take ~328,000).
+    A row in flight holds its prompt tokens not served from the prefix cache and, on average, half its output
+    (all n completions); max_num_seqs counts sequences, n a row. The engine that falls shortest, or None."""
+    worst = None
+    for r in runs:
+        s = r.summary
+        opts = s.get("engine_options") or {}
+        kv, seqs, ok = opts.get("kv_cache_tokens"), opts.get("max_num_seqs"), s.get("rows", 0) - s.get("errors", 0)
+        if not (kv and seqs and ok > 0):
+            continue
+        per_row = (s.get("prompt_tokens", 0) - s.get("cached_tokens", 0) + s.get("output_tokens", 0) / 2) / ok
+        need = seqs / n * per_row
+        if per_row > 0 and need > kv and (worst is None or need / kv > worst[0]):
+            worst = (need / kv, r.worker, kv, seqs, need, per_row, int(kv / per_row * n))
+    if worst is None:
+        return None
+    _, worker, kv, seqs, need, per_row, fits = worst
+    return (f"KV cache: {worker}'s engine held {kv:,} tokens, but its {seqs:,} sequences (max_num_seqs) of this job's "
+            f"rows take about {need:,.0f} at once ({per_row:,.0f} tokens a row in flight: its prompt not served from the "
+            f"prefix cache and half its output), so vLLM had to preempt rows and compute them again; about {fits:,} sequences "
+            f"fit: model.max_num_seqs at most that, or more memory per engine (model.gpu_memory_utilization), avoids it")
 
 
 def engine_starts(facts: RunFacts) -> dict[str, tuple[float, float]]:
