@@ -259,15 +259,14 @@ def test_report_notes_a_kv_cache_too_small_for_max_num_seqs(tmp_path):
                      engine_options={"max_num_seqs": 1024, "kv_cache_tokens": kv})
             ends[w] = WorkerEnd(s, 1100.0)
         state = OutputState([], None, ends)
-        st = build_status(spec, "out", state, None, 3000.0, [])
-        return st, gather_run_facts(spec, st, state, None)
+        return gather_run_facts(spec, build_status(spec, "out", state, None, 3000.0, []), state, None)
 
-    _, tight = facts(287_712)
+    tight = facts(287_712)
     (note,) = [n for n in tight.notes if n.startswith("KV cache")]
     assert "held 287,712 tokens" in note and "1,024 sequences" in note and "about 327,680 at once" in note
     assert "about 899 sequences fit" in note and "model.max_num_seqs" in note
     for kv, n in ((600_000, 1), (287_712, 4)):
-        assert not [x for x in facts(kv, n)[1].notes if x.startswith("KV cache")]
+        assert not [x for x in facts(kv, n).notes if x.startswith("KV cache")]
 
 
 @pytest.mark.engine
