@@ -3,7 +3,8 @@
 Shapes are real architectures with random (`load_format: dummy`) weights: the speed is the real one,
 the text is noise. Output lengths are fixed by `ignore_eos`, so every method does the same work.
 Row counts are sized for >= 30 s of generation per method on an H200 (docs/benchmarks.md's figures):
-S ~310 req/s, W1 ~24, W3 ~40; S-T and SYN are guesses (seeded sampling is slower in vLLM 0.26).
+S ~310 req/s, W1 ~24, W3 ~40; on an H100 S-T ~300 and SYN ~100 (sessions 7 and 10: their first sizes, 8,000
+and 2,500 rows, gave windows of 23-33 s).
 A workload's `sampling` holds the job's `sampling:` keys beyond max_tokens and ignore_eos, as a user
 writes them; benchmarks/sampling.py turns them into the raw loop's SamplingParams and run_batch's bodies.
 """
@@ -90,9 +91,9 @@ WORKLOADS: dict[str, Workload] = {
                    prefixes=50, shuffle=True, note="as W2 with 50 different prefixes, rows shuffled"),
     "S": Workload("S", SMALL_06B, rows=12000, prompt_tokens=256, output_tokens=128,
                   note="0.6B shape, 256 in / 128 out, unique prompts"),
-    "S-T": Workload("S-T", SMALL_06B, rows=8000, prompt_tokens=256, output_tokens=128,
+    "S-T": Workload("S-T", SMALL_06B, rows=10000, prompt_tokens=256, output_tokens=128,
                     sampling={"temperature": 0.8}, note="S at temperature 0.8, a seed per row"),
-    "SYN": Workload("SYN", SMALL_06B, rows=2500, prompt_tokens=256, output_tokens=128,
+    "SYN": Workload("SYN", SMALL_06B, rows=4000, prompt_tokens=256, output_tokens=128,
                     sampling={"temperature": 0.8, "n": 4}, note="S with n=4 at temperature 0.8, a seed per row (synthetic data)"),
     # jobs/label.yaml's shape: a shared instruction, a short text, one of three labels with their scores.
     "CH": Workload("CH", LLAMA_8B, rows=4000, prompt_tokens=320, output_tokens=8, prefix_tokens=192, tokenizer="bpe",

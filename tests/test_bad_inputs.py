@@ -119,6 +119,7 @@ JOB_CASES = [
     ("empty-placeholder", ("prompt", {"template": "Label {}"}), [], "empty placeholder {}"),
     ("negative-temperature", ("sampling.temperature", -1), [], "sampling.temperature: Input should be greater than or equal to 0"),
     ("n-zero", ("sampling.n", 0), [], "sampling.n: Input should be greater than or equal to 1"),
+    ("n-greedy", ("sampling.n", 4), [], "sampling.n is 4 but sampling.temperature is 0: greedy decoding gives one completion"),
     ("top-p-too-big", None, ["--top-p", "2"], "sampling.top_p: Input should be less than or equal to 1"),
     ("zero-max-tokens", None, ["--max-tokens", "0"], "sampling.max_tokens: Input should be greater than or equal to 1"),
     ("bad-set-syntax", None, ["--set", "runtime.window"], "--set expects path.to.key=value"),

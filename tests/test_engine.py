@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -95,29 +96,54 @@ def test_n_completions(vllm_engine, tiny_model, tmp_path):
         assert r["output_tokens"] == sum(c["output_tokens"] for c in r["completions"])
 
 
+@pytest.mark.engine
+def test_rows_of_n_completions_fill_the_slots_once(vllm_engine, tiny_model, tmp_path):
+    """With n=4 the default window holds max_num_seqs / 4 rows (each runs 4 sequences), not max_num_seqs rows:
+    a node's other engine can take what one engine would otherwise hold queued. Every row once, 4 texts each."""
+    # Short prompts: every sequence of a window starts in one step. (vLLM 0.32's CPU build fails a seeded request
+    # whose prompt is split over steps: its CPU generator cannot rewind, gpu_model_runner's discarded samples.)
+    ids = [f"r{i:03d}" for i in range(160)]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ids, "text": [f"river {i}" for i in range(160)]}), tmp_path / "in" / "a.parquet",
+                   row_group_size=40)
+    slots = vllm_engine.info.max_num_seqs
+    engine = _PeakRows(vllm_engine)
+    spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out",
+                             sampling={"n": 4, "temperature": 0.8, "max_tokens": 2}))
+    summary = run_inprocess(engine, spec)
+    assert summary.complete and summary.counters.rows == len(ids)
+    rows = read_out(tmp_path / "out")
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert all(len(r["completions"] or []) == 4 for r in rows), [(r["id"], r["error"]) for r in rows if not r["completions"]][:3]
+    assert engine.peak == -(-slots // 4) < len(ids), (engine.peak, slots)
+
+
+class _PeakRows:
+    """An engine wrapper that records the most rows in flight."""
+
+    def __init__(self, engine):
+        self.engine, self.info, self.peak = engine, engine.info, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def add(self, req):
+        error = self.engine.add(req)
+        self.peak = max(self.peak, self.engine.in_flight())
+        return error
+
+
 def test_window_auto_keeps_a_reserve_for_short_completions(vllm_engine, tiny_model, tmp_path, caplog):
     """`runtime.window: auto` with completions of 2 tokens: more rows than engine slots are in flight (a reserve
     queued inside vLLM), every id once, the same greedy texts as the default window."""
     ids = write_shards(tmp_path / "in", shards=2, rows=300, row_group=100)
     slots = vllm_engine.info.max_num_seqs
 
-    class Peak:
-        def __init__(self, engine):
-            self.engine, self.info, self.peak = engine, engine.info, 0
-
-        def __getattr__(self, name):
-            return getattr(self.engine, name)
-
-        def add(self, req):
-            error = self.engine.add(req)
-            self.peak = max(self.peak, self.engine.in_flight())
-            return error
-
     texts = []
     for name, window in (("auto", "auto"), ("fixed", None)):
         spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / name, sampling={"max_tokens": 2},
                                  runtime={"window": window}))
-        engine = Peak(vllm_engine)
+        engine = _PeakRows(vllm_engine)
         caplog.set_level("INFO", logger="batchgen")
         summary = run_inprocess(engine, spec)
         assert summary.complete and summary.counters.rows == len(ids)

@@ -264,7 +264,7 @@ def test_report_notes_a_kv_cache_too_small_for_max_num_seqs(tmp_path):
     tight = facts(287_712)
     (note,) = [n for n in tight.notes if n.startswith("KV cache")]
     assert "held 287,712 tokens" in note and "1,024 sequences" in note and "about 327,680 at once" in note
-    assert "about 899 sequences fit" in note and "model.max_num_seqs" in note
+    assert "about 899 sequences fit" in note and "model.max_num_seqs" in note and "kv_cache_dtype: fp8" in note
     for kv, n in ((600_000, 1), (287_712, 4)):
         assert not [x for x in facts(kv, n).notes if x.startswith("KV cache")]
 

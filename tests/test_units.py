@@ -28,19 +28,20 @@ from tests.outputs import stats_rows, texts_each_id_once
 
 
 def test_auto_unit_rows():
-    assert auto_unit_rows(0) == 1024 and auto_unit_rows(8000) == 1024
+    assert auto_unit_rows(0) == 256 and auto_unit_rows(8000) == 256 and auto_unit_rows(2500) == 256
+    assert auto_unit_rows(100_000) == 1024  # 782 rounded up
     assert auto_unit_rows(1_000_000) == 8192  # 7,813 rounded up to a power of two
     assert auto_unit_rows(10_000_000) == 131072
     assert auto_unit_rows(10**9) == 200_000
 
 
 def test_default_cuts_a_large_shard_for_many_engines(tmp_path, tiny_model):
-    write_shards(tmp_path / "in", shards=1, rows=40_000, row_group=1000)
+    write_shards(tmp_path / "in", shards=1, rows=80_000, row_group=1000)
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out"))
     files = InputFiles.open(spec.input)
     plan = plan_job(spec.input, files.layouts(files.discover()))
-    assert plan.unit_rows == 1024 and len(plan.units) == 20  # 2 row groups of 1000 per unit
-    assert sum(u.rows for u in plan.units) == 40_000
+    assert plan.unit_rows == 1024 and len(plan.units) == 40  # 2 row groups of 1000 per unit (80,000 / 128 -> 1024)
+    assert sum(u.rows for u in plan.units) == 80_000
 
 
 def test_first_run_fixes_the_plan(tmp_path, tiny_model, caplog):

@@ -48,7 +48,7 @@ class InputSpec(Strict):
     path: str | list[str] = Field(..., description="Parquet file(s), directories or globs; any fsspec URL (local, s3://, memory://).")
     format: Literal["parquet", "openai_batch"] = Field("parquet", description="`parquet` shards, or an OpenAI Batch API requests file (JSONL with custom_id and body).")
     id_column: str = Field("id", description="Column with a unique id per row; copied to the output and used for exactly-once resume.")
-    unit_rows: int | None = Field(None, ge=1, description="Shards are cut into work units of about this many rows (whole row groups; a larger row group is cut into pieces); engines, ranks and elastic workers take whole units. Default: about 1/128 of the input's rows, a power of two from 1,024 to 200,000. The job's first run records the value in _batchgen/job.json and later runs keep it.")
+    unit_rows: int | None = Field(None, ge=1, description="Shards are cut into work units of about this many rows (whole row groups; a larger row group is cut into pieces); engines, ranks and elastic workers take whole units. Default: about 1/128 of the input's rows, a power of two from 256 to 200,000. The job's first run records the value in _batchgen/job.json and later runs keep it.")
     batch_rows: int = Field(1024, ge=1, le=1_000_000, description="Rows per record batch read from Parquet (memory stays bounded by this, not the shard size).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object store options for the input.")
 
@@ -160,6 +160,14 @@ class SamplingSpec(Strict):
     per_row: dict[PerRowField, str] = Field(default_factory=dict, description="Per-row overrides: sampling field -> input column, e.g. {max_tokens: max_len}. Null cells use the job value. structured_schema (a JSON-schema string column), choices (a list column) and json_object (a bool column) replace `structured` for their row.")
 
     @model_validator(mode="after")
+    def _n_needs_a_temperature(self) -> SamplingSpec:
+        # vLLM rejects each such row ("n must be 1 when using greedy sampling"): fail the job before the engine starts.
+        if self.n > 1 and self.temperature == 0 and "temperature" not in self.per_row:
+            raise ValueError(f"sampling.n is {self.n} but sampling.temperature is 0: greedy decoding gives one completion "
+                             f"(vLLM refuses n > 1 without sampling); set sampling.temperature above 0 (e.g. 0.8) or n: 1")
+        return self
+
+    @model_validator(mode="after")
     def _scores_need_choices(self) -> SamplingSpec:
         if self.choice_scores:
             if not ((self.structured and self.structured.choice) or "choices" in self.per_row):
@@ -211,7 +219,7 @@ class CheckpointSpec(Strict):
 
 
 class RuntimeSpec(Strict):
-    window: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(None, description="Requests kept in flight in the engine. Default: the engine's max_num_seqs (512 or 1024 on GPU, see model.max_num_seqs); 64 if unknown. auto: max_num_seqs plus a reserve queued inside vLLM of two steps' worth of the rows finishing per step (at most twice max_num_seqs), for short completions, whose freed slots would wait for the refill (batchgen/run/window.py).")
+    window: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(None, description="Rows kept in flight in the engine. Default: the rows that fill the engine's max_num_seqs sequences (512 or 1024 on GPU, see model.max_num_seqs; 64 if unknown), a row of sampling.n completions taking n of them. auto: those plus a reserve queued inside vLLM of two steps' worth of the rows finishing per step (at most twice as many), for short completions, whose freed slots would wait for the refill (batchgen/run/window.py).")
     order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
     ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")

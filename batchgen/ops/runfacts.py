@@ -136,7 +136,8 @@ def kv_cache_note(runs: list[WorkerRun], n: int) -> str | None:
     return (f"KV cache: {worker}'s engine held {kv:,} tokens, but its {seqs:,} sequences (max_num_seqs) of this job's "
             f"rows take about {need:,.0f} at once ({per_row:,.0f} tokens a row in flight: its prompt not served from the "
             f"prefix cache and half its output), so vLLM had to preempt rows and compute them again; about {fits:,} sequences "
-            f"fit: model.max_num_seqs at most that, or more memory per engine (model.gpu_memory_utilization), avoids it")
+            f"fit: model.max_num_seqs at most that, or more memory per engine (model.gpu_memory_utilization), avoids it; "
+            f"an fp8 KV cache (model.engine_kwargs.kv_cache_dtype: fp8) holds twice the tokens, at a cost in numerics")
 
 
 def engine_starts(facts: RunFacts) -> dict[str, tuple[float, float]]:

@@ -36,7 +36,7 @@ from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
 from batchgen.run.structured import finish_row
-from batchgen.run.window import Window
+from batchgen.run.window import Window, slot_rows
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.completion import completion_record
@@ -112,9 +112,9 @@ class Runner:
         feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
-        # One request in flight per engine slot by default: on an H100, S ran at 255 req/s with 512 in flight
-        # and 234 with 1024 (docs/benchmarks.md). `auto` adds a reserve for short completions (run/window.py).
-        slots = engine.info.max_num_seqs or 64
+        # Rows enough to fill the engine's sequence slots by default: on an H100, S ran at 255 req/s with 512 in
+        # flight and 234 with 1024 (docs/benchmarks.md). `auto` adds a reserve for short completions (run/window.py).
+        slots = slot_rows(engine.info.max_num_seqs, spec.sampling.n)
         given = spec.runtime.window
         window = Window(slots, auto=True) if given == "auto" else Window(given or slots, auto=False)
         flight = Flight()

@@ -1,6 +1,10 @@
 """How many requests the runner keeps in the engine (`runtime.window`).
 
-By default one per engine slot (max_num_seqs). vLLM's engine core runs its next step while the runner
+By default enough rows to fill the engine's slots (max_num_seqs sequences): a row of n completions takes
+n of them (vLLM runs each completion as its own sequence), so max_num_seqs / n rows (`slot_rows`). Until
+session 10 of docs/benchmarks.md the window counted a row as one slot: with n=4 an engine held four times
+the rows it could run, queued inside vLLM where another engine of the node cannot take them, and a small
+job's engines ended apart. vLLM's engine core runs its next step while the runner
 is still reading the last one's results, so a slot freed in step N gets its new request one or two steps
 later (two with asynchronous scheduling). When completions are long (S: 128 tokens) that costs about
 1%. When they are a few tokens (CH: <= 8), a sixth of the batch finishes at every step and slots stay
@@ -15,8 +19,14 @@ from __future__ import annotations
 
 import math
 
+DEFAULT_SLOTS = 64  # an engine that does not say its max_num_seqs
 REFILL_STEPS = 2  # steps between a slot freeing and its new request being scheduled (async scheduling)
 SMOOTHING = 0.1  # weight of the newest step in the running mean of rows finished per step
+
+
+def slot_rows(max_num_seqs: int | None, n: int) -> int:
+    """Rows whose n completions each fill the engine's max_num_seqs sequence slots (at least one row)."""
+    return max(1, -(-(max_num_seqs or DEFAULT_SLOTS) // max(1, n)))
 
 
 class Window:

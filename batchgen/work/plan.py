@@ -23,7 +23,11 @@ log = logging.getLogger("batchgen")
 # The default before plans were recorded: a manifest without a plan was cut with it.
 LEGACY_UNIT_ROWS = 200_000
 # Default unit size: about 1/AUTO_UNITS of the job, a power of two within these bounds.
-AUTO_UNITS, MIN_AUTO_UNIT_ROWS, MAX_AUTO_UNIT_ROWS = 128, 1024, 200_000
+# The floor was 1,024 until session 10 of docs/benchmarks.md: a 2,500-row job (SYN, n=4) became units of 1,024,
+# 1,024 and 452, one engine of two took the first two (its 1,024-row window plus its read-ahead) and the
+# other sat idle for 20 s of a 30 s run. Each engine holds its window plus up to two open units, so units
+# much smaller than a window let the engines' last rows end together.
+AUTO_UNITS, MIN_AUTO_UNIT_ROWS, MAX_AUTO_UNIT_ROWS = 128, 256, 200_000
 # A piece of a row group is read by decoding the group up to the piece's end: a group cut in k pieces is
 # decoded about k/2 times in all. At most this many pieces per group bounds that (k/2 = 16).
 MAX_PIECES_PER_GROUP = 32

@@ -23,11 +23,12 @@
 #   G  issue 13's structured workloads on the 8B shape, one round: CH (jobs/label.yaml's choice of 3 labels
 #      with label scores, 4,000 rows) and JS (a JSON schema, 1,000 rows): batchgen | raw one call with the
 #      same SamplingParams; 2 x (70 + 70 s)                              ~5 min              call 3
-#   C  S-T (8,000 rows) and SYN (2,500 rows, n=4): batchgen | raw + raw of 512; 3 x (75 + 110) each
+#   C  S-T (10,000 rows) and SYN (4,000 rows, n=4): batchgen | raw + raw of 512; 3 x (80 + 120) each
 #                                                                        ~19 min             calls 3-4
-#   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | raw one call with vLLM's defaults |
-#      max_num_seqs 512 (S's default before session 6; 1024 since) | async scheduling off | run_batch with batchgen's
-#      options; 3 x (75 + 115 + 95 + 80 + 80 + 80 s)                     ~27 min (+2 cold for run_batch)
+#   D  S: batchgen | run_batch as a user runs it (vLLM's defaults) | run_batch with batchgen's options (the goal's
+#      ratio); 3 x (75 + 115 + 80 s)                                     ~14 min (+2 cold for run_batch)
+#   D2 (split from D in session 10) S: batchgen | raw one call with vLLM's defaults | max_num_seqs 512 (S's default
+#      before session 6; 1024 since) | async scheduling off; 2 x (75 + 95 + 80 + 80 s)      ~11 min
 #   E  W3 (1,200 rows; ~30 s at 40 req/s): batchgen | raw + raw of 512    ~10 min
 #   F  S, 30,000 rows (~100 s for one engine): batchgen | 2 and 3 engines | 2 engines, cores not pinned.
 #      A second engine starts ~20 s after the first (one after another on a GPU), so with 12,000 rows it
@@ -44,17 +45,26 @@
 #   Q  (session 7) S, 20,000 rows (~60 s for one engine): batchgen (since session 7 two engines under MPS for
 #      this size, started together, each with an explicit KV share; until session 6 the second started once the
 #      first was ready, 21 s late) | e1, one engine | raw one call; 2 rounds            ~10 min (+2 cold)
-#   T  (session 7) SYN (2,500 rows, n=4) and S-T (8,000 rows): batchgen | e1 | raw one call; 2 rounds  ~12 min
+#   T  (session 7) SYN (4,000 rows, n=4) and S-T (10,000 rows): batchgen | e1 | raw one call; 2 rounds  ~14 min
 #   K  (session 9) S, 12,000 rows: batchgen (a commit every 5 s) | batchgen1 (one commit at the end): what
 #      checkpointing costs (goal <= 2%); 3 rounds                        ~9 min
 #   R  (session 8) S, 20,000 rows: batchgen (two engines under MPS) | e1 | e3, three engines | raw one call;
 #      2 rounds. With each run's GPU busy share (NVML) and busiest host threads: is a third engine the lever
 #      left, or is the GPU already busy?                                  ~13 min (+2 cold)
-#   Y  (session 8) SYN (2,500 rows, n=4): batchgen | e1 | raw one call; 2 rounds      ~6 min
+#   Y  (session 8) SYN (4,000 rows since session 10, n=4): batchgen | e1 | raw one call; 2 rounds      ~8 min
 #   V  (for session 10) S, 20,000 rows, where two engines make the GPU the limit (session 8): batchgen | s768, two
 #      engines of 768 sequences (on an H100 each engine's 30.7 GiB of KV cache holds ~900 sequences of S's
 #      mean length, not 1024: does vLLM preempt and recompute?) | kvfp8, an fp8 KV cache (half the bytes
 #      each decode step reads; changes numerics, so never a default) | raw one call; 2 rounds   ~11 min
+#   Z  (for session 11) SYN (4,000 rows, n=4): batchgen (since session 10 its window is 256 rows, max_num_seqs / n,
+#      and its units 256 rows) | w1024, the window before (1024 rows: 4096 sequences, three waves queued inside one
+#      engine that the other cannot take) | e1 | e1all, one engine with every row in flight (runtime.window 4000, as LLM.generate queues every prompt
+#      at once) | raw one call; 2 rounds. Sessions 7 and 10 found one batchgen engine 0.90x and 0.81x of the raw
+#      loop on SYN (GPU 59-64% busy against 73-82%, vLLM's engine-core thread >= 0.93 busy in both): do requests
+#      arriving while the engine core runs cost it?                      ~12 min
+# Session 10 ran `S4_BLOCKS="V Y"` (calls of 534, 473 and 114 s after ~9 minutes of refused starts; blocks then ran in
+# this file's order, so Y first; now in the order S4_BLOCKS names them): Y whole, one round of V.
+# Next session: the default queue, `Z D E C N D2 ...`.
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
 # time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
 # refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
@@ -66,7 +76,7 @@
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Since session 7 plain batchgen runs the 0.6B shape (S, S-T, SYN) as two engines under MPS by default
 # (engines_per_gpu: auto), so in the older blocks above "batchgen" and an e2 variant are the same set-up.
-# Say `S4_BLOCKS="A D"` to pick blocks; `S4_SECONDS` is the time for runs in one call (default 470).
+# Say `S4_BLOCKS="A D"` to pick blocks (they run in that order); `S4_SECONDS` is the time for runs in one call (default 470).
 # stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
 # before it would apply (v1/engine/output_processor.py:285-300), so it cannot change anything here.
 set -u
@@ -74,7 +84,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-V Y N D E C T Q A B G F M H P R K}
+blocks=${S4_BLOCKS:-Z D E C N D2 V T Q A B G F M H P R K Y}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -82,7 +92,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y V Q T K B G C D E F M H N P"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y V Z Q T K B G C D D2 E F M H N P"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -100,7 +110,6 @@ fi
 # `timeout` behind it in case a process hangs, so that packing always happens.
 bench() {
   local block=$1 r=$2; shift 2
-  case " $blocks " in *" $block "*) ;; *) return ;; esac
   local left=$((deadline - $(date +%s)))
   local dry=()
   case " $dry_blocks " in *" $block "*) dry=(--dry-run) ;; esac
@@ -111,41 +120,43 @@ bench() {
   say "$block${dry:+ (dry run)}: exit $?"
 }
 
+# Row counts beyond the workloads' own (none on the CPU build: --tiny's 16 rows).
 e1='e1=runtime.engines_per_gpu=1'
-q20=(--rows 20000)
-[ "$mode" = tiny ] && q20=()
-bench R 2 -w S "${q20[@]}" --methods batchgen,e1,e3,raw1 --variant "$e1" --variant 'e3=runtime.engines_per_gpu=3'
-k12=(--rows 12000)
-[ "$mode" = tiny ] && k12=()
-bench K "$rounds" -w S "${k12[@]}" --methods batchgen,batchgen1
-bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1"
-bench V 2 -w S "${q20[@]}" --methods batchgen,s768,kvfp8,raw1 \
-    --variant 's768=model.max_num_seqs=768' \
-    --variant 'kvfp8=model.engine_kwargs.kv_cache_dtype=fp8'
-bench Q "$rounds" -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1"
-bench T "$rounds" -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1"
-bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
-    --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024'
-bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2'
-bench B "$rounds" -w W1 --methods batchgen,raw1
-bench G 1 -w CH -w JS --methods batchgen,raw1
-ch=(--rows 12000)
-[ "$mode" = tiny ] && ch=()
-bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1
-bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,raw1 --variant 'wauto=runtime.window=auto'
-p30=(--rows 30000)
-[ "$mode" = tiny ] && p30=()
-bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
-    --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on'
-bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN
-bench D "$rounds" -w S --methods batchgen,runbatch,raw1d,s512,noasync,runbatcht \
-    --variant 's512=model.max_num_seqs=512' \
-    --variant 'noasync=model.engine_kwargs.async_scheduling=false'
-bench E "$rounds" -w W3 --methods batchgen,raw1,rawN
-long=(--rows 30000)
-[ "$mode" = tiny ] && long=()
-bench F "$rounds" -w S "${long[@]}" --methods batchgen,e2,e3,e2free --variant 'e2=runtime.engines_per_gpu=2' \
-    --variant 'e3=runtime.engines_per_gpu=3' --variant 'e2free=runtime.engines_per_gpu=2;runtime.cpu_affinity=off'
+q20=(--rows 20000) k12=(--rows 12000) ch=(--rows 12000) p30=(--rows 30000)
+[ "$mode" = tiny ] && q20=() k12=() ch=() p30=()
+
+# block NAME: its harness invocation. Blocks run in the order $blocks names them.
+block() {
+  case $1 in
+    R) bench R 2 -w S "${q20[@]}" --methods batchgen,e1,e3,raw1 --variant "$e1" --variant 'e3=runtime.engines_per_gpu=3' ;;
+    K) bench K "$rounds" -w S "${k12[@]}" --methods batchgen,batchgen1 ;;
+    Y) bench Y 2 -w SYN --methods batchgen,e1,raw1 --variant "$e1" ;;
+    V) bench V 2 -w S "${q20[@]}" --methods batchgen,s768,kvfp8,raw1 --variant 's768=model.max_num_seqs=768' \
+         --variant 'kvfp8=model.engine_kwargs.kv_cache_dtype=fp8' ;;
+    Z) bench Z 2 -w SYN --methods batchgen,w1024,e1,e1all,raw1 --variant 'w1024=runtime.window=1024' --variant "$e1" \
+         --variant 'e1all=runtime.engines_per_gpu=1;runtime.window=4000' ;;
+    Q) bench Q "$rounds" -w S "${q20[@]}" --methods batchgen,e1,raw1 --variant "$e1" ;;
+    T) bench T "$rounds" -w SYN -w S-T --methods batchgen,e1,raw1 --variant "$e1" ;;
+    M) bench M 2 -w S --methods batchgen,e2mps,s1024 --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' \
+         --variant 's1024=model.max_num_seqs=1024;model.engine_kwargs.max_cudagraph_capture_size=1024' ;;
+    A) bench A "$rounds_a" -w S --methods batchgen,raw1,rawN,e2 --variant 'e2=runtime.engines_per_gpu=2' ;;
+    B) bench B "$rounds" -w W1 --methods batchgen,raw1 ;;
+    G) bench G 1 -w CH -w JS --methods batchgen,raw1 ;;
+    H) bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1 ;;
+    N) bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,raw1 --variant 'wauto=runtime.window=auto' ;;
+    P) bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
+         --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' ;;
+    C) bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN ;;
+    D) bench D "$rounds" -w S --methods batchgen,runbatch,runbatcht ;;
+    D2) bench D2 2 -w S --methods batchgen,raw1d,s512,noasync --variant 's512=model.max_num_seqs=512' \
+         --variant 'noasync=model.engine_kwargs.async_scheduling=false' ;;
+    E) bench E "$rounds" -w W3 --methods batchgen,raw1,rawN ;;
+    F) bench F "$rounds" -w S "${p30[@]}" --methods batchgen,e2,e3,e2free --variant 'e2=runtime.engines_per_gpu=2' \
+         --variant 'e3=runtime.engines_per_gpu=3' --variant 'e2free=runtime.engines_per_gpu=2;runtime.cpu_affinity=off' ;;
+    *) say "$1: no such block" ;;
+  esac
+}
+for b in $blocks; do block "$b"; done
 
 # Pack: everything measured so far (every call's tarball holds all blocks), logs cut to their tails.
 merged=$(ls "$state"/res/*/results.json 2>/dev/null | grep -v "/res/all/")  # not the previous merge
