@@ -309,6 +309,9 @@ BAD_ROWS = {
     "zero-max-tokens": ("ok text", 0, None, "invalid per-row value in column 'max_len' for max_tokens"),
     "negative-temperature": ("ok text", None, -1.0, "invalid per-row value in column 'temp' for temperature"),
     "huge-temperature": ("ok text", None, 1e9, None),  # allowed by the spec, vLLM refuses: an error row from the engine
+    # A per-row n of 3 at the job's temperature 0 (column `k`): the row's sampling fails as a whole, not one field.
+    "greedy-n": ("ok text", None, None, "invalid per-row sampling (columns k) for row id 'greedy-n': sampling.n is 3 but "
+                                         "sampling.temperature is 0"),
 }
 
 
@@ -322,9 +325,10 @@ def error_rows(vllm_engine, tiny_model, tmp_path_factory):
         "id": ids, "text": texts,
         "max_len": pa.array([None, *(v[1] for v in BAD_ROWS.values()), 4], pa.int64()),
         "temp": pa.array([None, *(v[2] for v in BAD_ROWS.values()), None], pa.float64()),
+        "k": pa.array([3 if i == "greedy-n" else None for i in ids], pa.int64()),
     }), tmp / "in" / "rows.parquet")
     spec = validate(job_dict(tiny_model, tmp / "in", tmp / "out",
-                             sampling={"temperature": 0, "max_tokens": 8, "per_row": {"max_tokens": "max_len", "temperature": "temp"}}))
+                             sampling={"temperature": 0, "max_tokens": 8, "per_row": {"max_tokens": "max_len", "temperature": "temp", "n": "k"}}))
     summary = Runner(spec, RunOptions(engine_factory=lambda _s: vllm_engine)).run()
     rows = {r["id"]: r for r in pq.read_table(tmp / "out" / "parts").to_pylist()}
     return summary, rows

@@ -250,7 +250,7 @@ def test_report_notes_a_kv_cache_too_small_for_max_num_seqs(tmp_path):
     from batchgen.ops.status import build_status
 
     def facts(kv: int, n: int = 1):
-        job = job_dict(tmp_path / "model", tmp_path / "in", tmp_path / "out", sampling={"n": n, "max_tokens": 128})
+        job = job_dict(tmp_path / "model", tmp_path / "in", tmp_path / "out", sampling={"n": n, "temperature": 0.8, "max_tokens": 128})
         spec = validate(job)
         ends = {}
         for w in ("n-e0", "n-e1"):

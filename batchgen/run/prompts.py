@@ -150,10 +150,17 @@ class Renderer:
             values, structured_from = structured.row_fields(values, per_row, cols[self.spec.input.id_column][i])
         except structured.RowValueError as e:
             return self.spec.sampling, str(e)
+        row = {**self._base, **values}
+        if "temperature" not in values:  # a null temperature cell: the job's temperature holds for this row's n
+            row["per_row"] = {f: c for f, c in per_row.items() if f != "temperature"}
         try:
-            return SamplingSpec.model_validate({**self._base, **values}), None
+            return SamplingSpec.model_validate(row), None
         except ValidationError as e:
             first = e.errors()[0]
+            if not first["loc"]:  # a rule across fields (SamplingSpec's model validators): the row's sampling as a whole
+                return self.spec.sampling, (f"invalid per-row sampling (columns {', '.join(per_row[f] for f in values)}) for "
+                                            f"row id {cols[self.spec.input.id_column][i]!r}: "
+                                            f"{first['msg'].removeprefix('Value error, ')}")[:500]
             field_name = str(first["loc"][0])
             if field_name == "structured" and structured_from:  # the cell's column, and no schema echoed in full
                 return self.spec.sampling, (f"invalid per-row value in column {per_row[structured_from]!r} for "
