@@ -119,7 +119,7 @@ def kv_cache_note(runs: list[WorkerRun], n: int) -> str | None:
     of docs/benchmarks.md: two engines sharing an H100 held 287,712 tokens each, 1024 rows of S take ~328,000).
     A row in flight holds its prompt tokens not served from the prefix cache and, on average, half its output
     (all n completions); max_num_seqs counts sequences, n a row. The engine that falls shortest, or None."""
-    short = []  # (need / held, worker, held, max_num_seqs, tokens a row in flight)
+    short = []  # (need / held, worker, held, max_num_seqs, tokens a row in flight, tokens max_num_seqs take)
     for r in runs:
         s = r.summary
         opts = s.get("engine_options") or {}
@@ -127,12 +127,13 @@ def kv_cache_note(runs: list[WorkerRun], n: int) -> str | None:
         if not (kv and seqs and ok > 0):
             continue
         per_row = (s.get("prompt_tokens", 0) - s.get("cached_tokens", 0) + s.get("output_tokens", 0) / 2) / ok
-        if per_row > 0 and seqs / n * per_row > kv:
-            short.append((seqs / n * per_row / kv, r.worker, kv, seqs, per_row))
+        need = seqs / n * per_row
+        if per_row > 0 and need > kv:
+            short.append((need / kv, r.worker, kv, seqs, per_row, need))
     if not short:
         return None
-    _, worker, kv, seqs, per_row = max(short)
-    need, fits = seqs / n * per_row, int(kv / per_row * n)
+    _, worker, kv, seqs, per_row, need = max(short)
+    fits = int(kv / per_row * n)
     return (f"KV cache: {worker}'s engine held {kv:,} tokens, but its {seqs:,} sequences (max_num_seqs) of this job's "
             f"rows take about {need:,.0f} at once ({per_row:,.0f} tokens a row in flight: its prompt not served from the "
             f"prefix cache and half its output), so vLLM had to preempt rows and compute them again; about {fits:,} sequences "
