@@ -219,7 +219,7 @@ class CheckpointSpec(Strict):
 
 
 class RuntimeSpec(Strict):
-    window: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(None, description="Rows kept in flight in the engine. Default: the rows that fill the engine's max_num_seqs sequences (512 or 1024 on GPU, see model.max_num_seqs; 64 if unknown), a row of sampling.n completions taking n of them. auto: those plus a reserve queued inside vLLM of two steps' worth of the rows finishing per step (at most twice as many), for short completions, whose freed slots would wait for the refill (batchgen/run/window.py).")
+    window: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(None, description="Rows kept in flight in the engine. Default: the rows that fill the engine's max_num_seqs sequences (512 or 1024 on GPU, see model.max_num_seqs; 64 if unknown), a row of sampling.n completions taking n of them (its own n where sampling.per_row sets one). auto: those plus a reserve queued inside vLLM of two steps' worth of the sequences finishing per step (at most twice as many), for short completions, whose freed slots would wait for the refill (batchgen/run/window.py).")
     order_by_prefix: bool = Field(True, description="Group rows that share a prompt prefix so the prefix cache hits; output ids are unaffected.")
     ordering_rows: int = Field(4096, ge=1, description="Look-ahead of rows sorted together by prefix.")
     grace_seconds: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT, time given to in-flight rows before committing and exiting (spot notices give 120 s).")

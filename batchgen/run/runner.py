@@ -36,7 +36,7 @@ from batchgen.run.progress import Progress
 from batchgen.run.prompts import Renderer
 from batchgen.run.stats import Summary
 from batchgen.run.structured import finish_row
-from batchgen.run.window import Window, slot_rows
+from batchgen.run.window import Window
 from batchgen.run.worklock import WorkerLock
 from batchgen.work.claim import Claimer
 from batchgen.work.completion import completion_record
@@ -67,6 +67,7 @@ class Flight:
 
     pending: deque[Request] = field(default_factory=deque)  # read, not yet in the engine
     inflight: dict[str, Request] = field(default_factory=dict)  # in the engine, by request key
+    load: int = 0  # what the in-flight rows take of the window (Window.cost: their sequences, or rows)
     finished: dict[str, list[OutputRow]] = field(default_factory=dict)  # by unit, since the last checkpoint
     since_checkpoint: int = 0
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -112,11 +113,10 @@ class Runner:
         feeder = Feeder(spec, source, prep.ledger.done_mask, renderer, spec.input_columns(), prep.input)
         committer = Committer(prep.ledger, prep.sink, spec.checkpoint.upload_queue)
         progress = Progress.for_job(spec, prep.ledger.remaining())
-        # Rows enough to fill the engine's sequence slots by default: on an H100, S ran at 255 req/s with 512 in
-        # flight and 234 with 1024 (docs/benchmarks.md). `auto` adds a reserve for short completions (run/window.py).
-        slots = slot_rows(engine.info.max_num_seqs, spec.sampling.n)
-        given = spec.runtime.window
-        window = Window(slots, auto=True) if given == "auto" else Window(given or slots, auto=False)
+        # Rows enough to fill the engine's sequence slots by default, each row counting its n: on an H100, S ran at
+        # 255 req/s with 512 in flight and 234 with 1024, SYN at 92.4 with one engine's 1,024 slots and 79.9 with every
+        # row in flight (docs/benchmarks.md). `auto` adds a reserve for short completions (run/window.py).
+        window = Window.for_engine(engine.info.max_num_seqs, spec.runtime.window)
         flight = Flight()
         t_gen = time.monotonic()
         summary.generate_started_at = time.time()
@@ -128,7 +128,7 @@ class Runner:
                 self._loop(flight, engine, feeder, committer, progress, window, source)
             ok = True
             if window.auto:
-                log.info("window auto: %d slots + a reserve of %d (%.1f rows finished per step)",
+                log.info("window auto: %d slots + a reserve of %d (%.1f sequences finished per step)",
                          window.slots, window.size - window.slots, window.finished_per_step)
         finally:
             feeder.stop()
@@ -177,11 +177,12 @@ class Runner:
                 self._top_up(f, engine, feeder, window, progress, committer)
             # 2) One engine step; collect what finished in it.
             if engine.in_flight():
-                done = engine.step()
-                window.observe(len(done))
+                done = [(f.inflight.pop(c.key), c) for c in engine.step()]
+                freed = sum(window.cost(req) for req, _ in done)
+                f.load -= freed
+                window.observe(freed)
                 if done:
-                    self._finish(f, [(req.unit, _output_row(req, c)) for req, c in
-                                     ((f.inflight.pop(c.key), c) for c in done)], progress, committer)
+                    self._finish(f, [(req.unit, _output_row(req, c)) for req, c in done], progress, committer)
             elif self.stop.stopping or (not f.pending and feeder.finished):
                 break
             # (else: waiting for the reader; feeder.get in top_up blocks with a short timeout)
@@ -197,7 +198,7 @@ class Runner:
 
     def _top_up(self, f: Flight, engine: Engine, feeder: Feeder, window: Window, progress: Progress,
                 committer: Committer) -> None:
-        while engine.in_flight() < window.size:
+        while f.load < window.size:
             if not f.pending:
                 chunk = feeder.get(timeout=None if engine.in_flight() else 0.05)
                 if chunk is None:
@@ -210,6 +211,7 @@ class Runner:
                 self._finish(f, [(req.unit, _error_row(req, error))], progress, committer)
             else:
                 f.inflight[req.key] = req
+                f.load += window.cost(req)
 
     @staticmethod
     def _finish(f: Flight, rows: list[tuple[str, OutputRow]], progress: Progress, committer: Committer) -> None:

@@ -61,10 +61,12 @@
 #      engine that the other cannot take) | e1 | e1all, one engine with every row in flight (runtime.window 4000, as LLM.generate queues every prompt
 #      at once) | raw one call; 2 rounds. Sessions 7 and 10 found one batchgen engine 0.90x and 0.81x of the raw
 #      loop on SYN (GPU 59-64% busy against 73-82%, vLLM's engine-core thread >= 0.93 busy in both): do requests
-#      arriving while the engine core runs cost it?                      ~12 min
+#      arriving while the engine core runs cost it?                      ~12 min; it took ~17 min in session 11
 # Session 10 ran `S4_BLOCKS="V Y"` (calls of 534, 473 and 114 s after ~9 minutes of refused starts; blocks then ran in
 # this file's order, so Y first; now in the order S4_BLOCKS names them): Y whole, one round of V.
-# Next session: the default queue, `Z D E C N D2 ...`.
+# Session 11 ran the queue `Z D E ...` (calls of 507, 529 and 508 s, no refused start; the third as `S4_BLOCKS="D E"`):
+# Z whole, two of D's three rounds. Next session: the default queue, `E C D N D2 ...` (W3 has never been measured; D's
+# ratio is met on S with 2 runs, C gives S-T and SYN against raw calls of 512).
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
 # time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
 # refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
@@ -84,7 +86,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-Z D E C N D2 V T Q A B G F M H P R K Y}
+blocks=${S4_BLOCKS:-E C D N D2 V T Q A B G F M H P R K Y Z}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
