@@ -116,7 +116,7 @@ def chart(lines: list[dict], path: Path, meta_rows: list[dict]) -> None:
         got = [r for r in lines if r["workload"] == wl and "req_s" in r][::-1]  # top to bottom as in the table
         lo = [max(0.0, r["req_s"] - min(r["req_s_all"])) for r in got]
         hi = [max(0.0, max(r["req_s_all"]) - r["req_s"]) for r in got]
-        bars = ax.barh([r["method"].replace(" [", "\n[") for r in got], [r["req_s"] for r in got], xerr=[lo, hi],
+        bars = ax.barh([r["method"].replace(" [", "\n[").replace("; ", ";\n") for r in got], [r["req_s"] for r in got], xerr=[lo, hi],
                        color=[colors.get(r["kind"], "#777") for r in got], error_kw={"elinewidth": 0.8, "capsize": 2})
         for bar, r in zip(bars, got):
             label = f" {r['req_s']:.1f}" + (f"  ({r['x_raw']:.2f}×)" if "x_raw" in r else "") + f"  n={r['n_ok']}"
