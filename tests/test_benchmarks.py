@@ -52,10 +52,10 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
     first = subprocess.run(script, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     log = (out / "progress.log").read_text()
-    for block in [*"RYVZQTKBGCDEFMHNP", "D2"]:
+    for block in [*"RYVZQTKBGCDEFMHNP", "D2", "ST"]:
         assert f"{block} (dry run): exit 0" in log, log + (state / "logs" / f"{block}.log").read_text()
     order = [line.split("] ")[1].split(" ")[0].rstrip(":") for line in log.splitlines() if "exit" in line]
-    assert order[:3] == ["E", "C", "D"], order  # blocks run in the queue's order, not the file's
+    assert order[:3] == ["E", "ST", "D"], order  # blocks run in the queue's order, not the file's
     assert "A: exit 0" in log, log + (state / "logs" / "A.log").read_text()[-3000:]
 
     runs = _results(state / "res" / "A")["results"]

@@ -62,11 +62,14 @@
 #      at once) | raw one call; 2 rounds. Sessions 7 and 10 found one batchgen engine 0.90x and 0.81x of the raw
 #      loop on SYN (GPU 59-64% busy against 73-82%, vLLM's engine-core thread >= 0.93 busy in both): do requests
 #      arriving while the engine core runs cost it?                      ~12 min; it took ~17 min in session 11
+#   ST (for session 12) S-T (10,000 rows, temperature 0.8, a seed per row): batchgen (two engines under MPS) | raw one
+#      call; 3 rounds. S-T was last measured against the raw loop in session 6, when batchgen ran one engine; C also
+#      runs SYN, which Z measured in session 11                           ~9 min
 # Session 10 ran `S4_BLOCKS="V Y"` (calls of 534, 473 and 114 s after ~9 minutes of refused starts; blocks then ran in
 # this file's order, so Y first; now in the order S4_BLOCKS names them): Y whole, one round of V.
 # Session 11 ran the queue `Z D E ...` (calls of 507, 529 and 508 s, no refused start; the third as `S4_BLOCKS="D E"`):
-# Z whole, two of D's three rounds. Next session: the default queue, `E C D N D2 ...` (W3 has never been measured; D's
-# ratio is met on S with 2 runs, C gives S-T and SYN against raw calls of 512).
+# Z whole, two of D's three rounds. Next session: the default queue, `E ST D ...` (W3 has never been measured; S-T not
+# since session 6; D's ratio is met on S with 2 runs, its third round is left).
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
 # time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
 # refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
@@ -86,7 +89,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-E C D N D2 V T Q A B G F M H P R K Y Z}
+blocks=${S4_BLOCKS:-E ST D C N D2 V T Q A B G F M H P R K Y Z}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -94,7 +97,7 @@ if [ "$mode" = gpu ]; then
   py=python3 rounds=3 rounds_a=3 guess=150 dry_blocks=""
   size=()
 else  # CPU build, tiny model: block A for real (two rounds: the interleaving), the others only checked
-  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y V Z Q T K B G C D D2 E F M H N P"}
+  py=${PYTHON:-python3} rounds=1 rounds_a=2 guess=40 dry_blocks=${S4_DRY_BLOCKS:-"R Y V Z Q T K B G C D D2 E F M H N P ST"}
   size=(--tiny --rows 16 --chunk 8)
 fi
 call=$(( $(cat "$state/calls" 2>/dev/null || echo 0) + 1 ))
@@ -149,6 +152,7 @@ block() {
     P) bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
          --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' ;;
     C) bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN ;;
+    ST) bench ST "$rounds" -w S-T --methods batchgen,raw1 ;;
     D) bench D "$rounds" -w S --methods batchgen,runbatch,runbatcht ;;
     D2) bench D2 2 -w S --methods batchgen,raw1d,s512,noasync --variant 's512=model.max_num_seqs=512' \
          --variant 'noasync=model.engine_kwargs.async_scheduling=false' ;;
