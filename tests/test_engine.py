@@ -9,6 +9,7 @@ import pytest
 from batchgen.job.load import validate
 from batchgen.run.runner import RunOptions, Runner
 from tests.conftest import job_dict, write_shards
+from tests.inflight import PeakInFlight
 
 pytestmark = pytest.mark.engine
 
@@ -107,7 +108,7 @@ def test_rows_of_n_completions_fill_the_slots_once(vllm_engine, tiny_model, tmp_
     pq.write_table(pa.table({"id": ids, "text": [f"river {i}" for i in range(160)]}), tmp_path / "in" / "a.parquet",
                    row_group_size=40)
     slots = vllm_engine.info.max_num_seqs
-    engine = _PeakRows(vllm_engine)
+    engine = PeakInFlight(vllm_engine)
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out",
                              sampling={"n": 4, "temperature": 0.8, "max_tokens": 2}))
     summary = run_inprocess(engine, spec)
@@ -115,22 +116,7 @@ def test_rows_of_n_completions_fill_the_slots_once(vllm_engine, tiny_model, tmp_
     rows = read_out(tmp_path / "out")
     assert sorted(r["id"] for r in rows) == sorted(ids)
     assert all(len(r["completions"] or []) == 4 for r in rows), [(r["id"], r["error"]) for r in rows if not r["completions"]][:3]
-    assert engine.peak == -(-slots // 4) < len(ids), (engine.peak, slots)
-
-
-class _PeakRows:
-    """An engine wrapper that records the most rows in flight."""
-
-    def __init__(self, engine):
-        self.engine, self.info, self.peak = engine, engine.info, 0
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def add(self, req):
-        error = self.engine.add(req)
-        self.peak = max(self.peak, self.engine.in_flight())
-        return error
+    assert engine.peak_rows == -(-slots // 4) < len(ids), (engine.peak_rows, slots)
 
 
 def test_window_auto_keeps_a_reserve_for_short_completions(vllm_engine, tiny_model, tmp_path, caplog):
@@ -143,7 +129,7 @@ def test_window_auto_keeps_a_reserve_for_short_completions(vllm_engine, tiny_mod
     for name, window in (("auto", "auto"), ("fixed", None)):
         spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / name, sampling={"max_tokens": 2},
                                  runtime={"window": window}))
-        engine = _PeakRows(vllm_engine)
+        engine = PeakInFlight(vllm_engine)
         caplog.set_level("INFO", logger="batchgen")
         summary = run_inprocess(engine, spec)
         assert summary.complete and summary.counters.rows == len(ids)
@@ -151,8 +137,8 @@ def test_window_auto_keeps_a_reserve_for_short_completions(vllm_engine, tiny_mod
         assert sorted(r["id"] for r in rows) == sorted(ids)
         texts.append({r["id"]: r["text"] for r in rows})
         if window == "auto":
-            assert slots < engine.peak <= 2 * slots, (engine.peak, slots)
+            assert slots < engine.peak_rows <= 2 * slots, (engine.peak_rows, slots)
             assert f"window auto: {slots} slots + a reserve of" in caplog.text
         else:
-            assert engine.peak <= slots
+            assert engine.peak_rows <= slots
     assert texts[0] == texts[1]

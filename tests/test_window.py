@@ -11,6 +11,7 @@ from batchgen.job.spec import SamplingSpec
 from batchgen.run.runner import RunOptions, Runner
 from batchgen.run.window import DEFAULT_SLOTS, REFILL_STEPS, Window
 from tests.conftest import job_dict, write_shards
+from tests.inflight import PeakInFlight
 
 
 def test_fixed_window_stays() -> None:
@@ -51,20 +52,6 @@ def test_default_window_counts_each_rows_sequences() -> None:
     assert (rows.size, rows.auto, rows.cost(_row(4))) == (256, False, 1)
 
 
-class _PeakSequences(InstantEngine):
-    """The instant engine of 16 slots, recording the most rows and sequences it held at once."""
-
-    def __init__(self, spec):
-        super().__init__(spec, max_num_seqs=16)
-        self.peak_rows = self.peak_seqs = 0
-
-    def add(self, req):
-        error = super().add(req)
-        self.peak_rows = max(self.peak_rows, self.in_flight())
-        self.peak_seqs = max(self.peak_seqs, sum(r.sampling.n for r in self._pending))
-        return error
-
-
 def test_per_row_n_fills_the_slots_with_sequences_not_rows(tiny_model, tmp_path) -> None:
     """A per-row `n` column of 1-4: the default window holds max_num_seqs sequences, each row counting its own n
     (until session 11 it used the job's n for every row: 16 rows of up to 64 sequences), at most one row's n - 1
@@ -72,7 +59,7 @@ def test_per_row_n_fills_the_slots_with_sequences_not_rows(tiny_model, tmp_path)
     ids = write_shards(tmp_path / "in", shards=2, rows=60, row_group=20, k=lambda s, i: 1 + (i + s) % 4)
     spec = validate(job_dict(tiny_model, tmp_path / "in", tmp_path / "out", sampling={"temperature": 0.8, "per_row": {"n": "k"}},
                              runtime={"engine": "instant", "progress": "off"}))
-    engine = _PeakSequences(spec)
+    engine = PeakInFlight(InstantEngine(spec, max_num_seqs=16))
     summary = Runner(spec, RunOptions(engine_factory=lambda _s: engine)).run()
     assert summary.complete and summary.counters.rows == len(ids) and summary.counters.errors == 0
     assert 16 <= engine.peak_seqs <= 16 + 3 and engine.peak_rows < 16, (engine.peak_seqs, engine.peak_rows)
