@@ -37,8 +37,9 @@
 #      take turns) | max_num_seqs 1024 with CUDA graphs up to 1024; 2 rounds of ~75 + 80 + 80 s   ~9 min (+2 cold)
 #   H  (session 6) CH with 12,000 rows (≥ 30 s windows; G's 4,000 gave 14 s): batchgen | raw one call; 2 rounds
 #                                                                        ~7 min (+2 cold)
-#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window auto | raw one call; 2 rounds: does a reserve
-#      above max_num_seqs keep CH's engine full (its completions are <= 8 tokens)?  ~8 min (+2 cold)
+#   N  (for session 7) CH, 12,000 rows: batchgen | runtime.window auto | wall, every row in flight (window 12,000, as
+#      LLM.generate queues them; added in session 12) | raw one call; 2 rounds: does a reserve above max_num_seqs keep
+#      CH's engine full (its completions are <= 8 tokens)?                ~11 min (+2 cold)
 #   P  (for session 7) S, 30,000 rows: batchgen (1024 sequences for this size since session 6) | window auto |
 #      2 engines under MPS | raw one call; 2 rounds: the steady state of two engines on the new default, and
 #      what window auto costs where completions are long                                  ~18 min
@@ -89,7 +90,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-E ST D C N D2 V T Q A B G F M H P R K Y Z}
+blocks=${S4_BLOCKS:-N E ST D C D2 V T Q A B G F M H P R K Y Z}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -148,7 +149,8 @@ block() {
     B) bench B "$rounds" -w W1 --methods batchgen,raw1 ;;
     G) bench G 1 -w CH -w JS --methods batchgen,raw1 ;;
     H) bench H 2 -w CH "${ch[@]}" --methods batchgen,raw1 ;;
-    N) bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,raw1 --variant 'wauto=runtime.window=auto' ;;
+    N) bench N 2 -w CH "${ch[@]}" --methods batchgen,wauto,wall,raw1 --variant 'wauto=runtime.window=auto' \
+         --variant 'wall=runtime.window=12000' ;;
     P) bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
          --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' ;;
     C) bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN ;;
