@@ -215,7 +215,7 @@ class OutputSpec(Strict):
 class CheckpointSpec(Strict):
     every_rows: int = Field(2000, ge=1, description="Commit a part once this many rows are finished...")
     every_seconds: float = Field(60.0, gt=0, description="...or this many seconds after the last commit, whichever comes first.")
-    upload_queue: int = Field(4, ge=1, description="Parts waiting to be written before generation is held back.")
+    upload_queue: int = Field(4, ge=1, description="Parts waiting to be written at which generation is held back: at a checkpoint it waits while this many or more still wait from earlier checkpoints, then hands over all of its own parts (one per unit with finished rows) at once.")
 
 
 class RuntimeSpec(Strict):

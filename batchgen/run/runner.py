@@ -232,9 +232,7 @@ class Runner:
 
     @staticmethod
     def _checkpoint(f: Flight, committer: Committer) -> None:
-        for unit, rows in f.finished.items():
-            if rows:
-                committer.submit(unit, rows)
+        committer.submit([(unit, rows) for unit, rows in f.finished.items() if rows])
         f.finished.clear()
         f.since_checkpoint, f.last_checkpoint = 0, time.monotonic()
 
