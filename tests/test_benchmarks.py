@@ -269,3 +269,32 @@ def test_raw_loop_gets_one_engine_of_the_whole_device():
     llm = tuned_engine(derived, {"model": "m", "load_format": "dummy"})
     assert "kv_cache_memory_bytes" not in llm and llm["gpu_memory_utilization"] == 0.9 and llm["max_num_seqs"] == 1024
     assert differences({**base, "gpu_memory_utilization": 0.9}, derived) == {}
+
+
+def test_compile_cache_parts_round_trip(tmp_path):
+    """benchmarks/gpu/compile_cache.sh: $HOME's vLLM and Triton caches packed in parts the device tool returns
+    (at most 15 MiB each), restored byte for byte into another home; too many parts are dropped, and it says so."""
+    script = ROOT / "benchmarks" / "gpu" / "compile_cache.sh"
+    home, out, fresh = tmp_path / "home", tmp_path / "out", tmp_path / "fresh"
+    files = {".cache/vllm/torch_compile_cache/abc/rank_0_0/backbone/artifact": os.urandom(20 << 20),
+             ".triton/cache/k1/kernel.cubin": os.urandom(1000)}
+    for rel, data in files.items():
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_bytes(data)
+
+    def run(*args: str, env: dict | None = None) -> str:
+        done = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, check=True,
+                              env={**os.environ, "S4_CACHE_HOME": str(home), **(env or {})})
+        return done.stdout
+
+    assert "packed in 2 part(s)" in run("pack", str(out))
+    parts = sorted(out.iterdir())
+    assert [p.name for p in parts] == ["compile-cache.tgz.00", "compile-cache.tgz.01"]
+    assert all(p.stat().st_size <= 15 << 20 for p in parts)
+    fresh.mkdir()
+    assert "restored" in run("restore", str(out), env={"S4_CACHE_HOME": str(fresh)})
+    assert {rel: (fresh / rel).read_bytes() == data for rel, data in files.items()} == {rel: True for rel in files}
+
+    assert "not kept" in run("pack", str(out), env={"S4_CACHE_PARTS": "1"})
+    assert not list(out.iterdir())
+    assert "none in" in run("restore", str(out))

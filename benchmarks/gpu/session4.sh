@@ -69,8 +69,11 @@
 # Session 10 ran `S4_BLOCKS="V Y"` (calls of 534, 473 and 114 s after ~9 minutes of refused starts; blocks then ran in
 # this file's order, so Y first; now in the order S4_BLOCKS names them): Y whole, one round of V.
 # Session 11 ran the queue `Z D E ...` (calls of 507, 529 and 508 s, no refused start; the third as `S4_BLOCKS="D E"`):
-# Z whole, two of D's three rounds. Next session: the default queue, `E ST D ...` (W3 has never been measured; S-T not
-# since session 6; D's ratio is met on S with 2 runs, its third round is left).
+# Z whole, two of D's three rounds.
+# Session 12 ran `S4_BLOCKS="N E ST D" S4_SECONDS=520` (504 s after two refused starts): N's batchgen and wauto, one run each
+# (the first 8B engine compiled for 211 s); the second call was cut off when the machine was taken back, and the time
+# left could not start another. Next session: the default queue, `N E ST ...` (N: is auto's +3.4% on CH real, and how
+# far are wall and the raw loop; W3 has never been measured; S-T not since session 6).
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
 # time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
 # refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
@@ -82,6 +85,10 @@
 # machine starts the queue again from A unless /tmp/s4 is carried back). Priorities are the issue's: S and
 # W1 first. Since session 7 plain batchgen runs the 0.6B shape (S, S-T, SYN) as two engines under MPS by default
 # (engines_per_gpu: auto), so in the older blocks above "batchgen" and an e2 variant are the same set-up.
+# Since session 12 every call also packs vLLM's compile caches into $OUT (compile-cache.tgz.00, ...): a fresh machine
+# compiles each shape before its first engine (the 8B shape's first start took 211 s, the next 38 s). Next session,
+# copy those parts into .gpu/cache and, after the three transfers, send them in a call of their own:
+# `bash benchmarks/gpu/compile_cache.sh restore .gpu/cache` (carry .gpu/cache), then the runs as before.
 # Say `S4_BLOCKS="A D"` to pick blocks (they run in that order); `S4_SECONDS` is the time for runs in one call (default 470).
 # stream_interval is not measured: with FINAL_ONLY outputs (batchgen's) vLLM 0.26 skips the per-step output
 # before it would apply (v1/engine/output_processor.py:285-300), so it cannot change anything here.
@@ -179,4 +186,6 @@ done
     -o -name "job.yaml" -o -name "config.json" -o -path "res/*" -o -path "logs/*" -o -name progress.log \) -type f 2>/dev/null \
     | tar -czf "$out/session4-call$call.tgz" -T - )
 say "packed $out/session4-call$call.tgz ($(du -h "$out/session4-call$call.tgz" | cut -f1))"
+# vLLM's compile caches, for the next fresh machine (benchmarks/gpu/compile_cache.sh says how they go back).
+[ "$mode" = gpu ] && say "$(bash benchmarks/gpu/compile_cache.sh pack "$out" 2>&1 | tail -1)"
 cp "$state/progress.log" "$out/progress.log"
