@@ -63,17 +63,19 @@
 #      at once) | raw one call; 2 rounds. Sessions 7 and 10 found one batchgen engine 0.90x and 0.81x of the raw
 #      loop on SYN (GPU 59-64% busy against 73-82%, vLLM's engine-core thread >= 0.93 busy in both): do requests
 #      arriving while the engine core runs cost it?                      ~12 min; it took ~17 min in session 11
-#   ST (for session 12) S-T (10,000 rows, temperature 0.8, a seed per row): batchgen (two engines under MPS) | raw one
-#      call; 3 rounds. S-T was last measured against the raw loop in session 6, when batchgen ran one engine; C also
-#      runs SYN, which Z measured in session 11                           ~9 min
+#   ST (for session 12) S-T (10,000 rows, temperature 0.8, a seed per row): batchgen (two engines under MPS) | wauto,
+#      runtime.window auto (added in session 12: does auto's reserve cost anything where completions are long, before it
+#      could become the default?) | raw one call; 3 rounds. S-T was last measured against the raw loop in session 6,
+#      when batchgen ran one engine; C also runs SYN, which Z measured in session 11      ~13 min
 # Session 10 ran `S4_BLOCKS="V Y"` (calls of 534, 473 and 114 s after ~9 minutes of refused starts; blocks then ran in
 # this file's order, so Y first; now in the order S4_BLOCKS names them): Y whole, one round of V.
 # Session 11 ran the queue `Z D E ...` (calls of 507, 529 and 508 s, no refused start; the third as `S4_BLOCKS="D E"`):
 # Z whole, two of D's three rounds.
 # Session 12 ran `S4_BLOCKS="N E ST D" S4_SECONDS=520` (504 s after two refused starts): N's batchgen and wauto, one run each
 # (the first 8B engine compiled for 211 s); the second call was cut off when the machine was taken back, and the time
-# left could not start another. Next session: the default queue, `N E ST ...` (N: is auto's +3.4% on CH real, and how
-# far are wall and the raw loop; W3 has never been measured; S-T not since session 6).
+# left could not start another. Next session: the default queue, `N ST E ...` (N: is auto's +3.4% on CH real, and how
+# far are wall and the raw loop; ST: S-T against the raw loop, not measured since session 6, and what auto does where
+# completions are long; W3 has never been measured).
 # Session 8 asked for `S4_BLOCKS="R K Y N"` (R and Y in place of Q and T, K at 12,000 rows); only R ran (device
 # time lost to refused starts). Session 9 ran `S4_BLOCKS="K V Y"` (calls of 558, 487 and 149 s after ~8 minutes of
 # refused starts): K whole, one run each of V and Y. Session 9's engine options show each of the two engines on an
@@ -97,7 +99,7 @@ mode=gpu
 [ "${1:-}" = --tiny ] && mode=tiny
 state=${S4_STATE:-/tmp/s4}
 out=${OUT:-$state/out}
-blocks=${S4_BLOCKS:-N E ST D C D2 V T Q A B G F M H P R K Y Z}
+blocks=${S4_BLOCKS:-N ST E D C D2 V T Q A B G F M H P R K Y Z}
 seconds=${S4_SECONDS:-470}
 mkdir -p "$state/res" "$state/logs" "$out"
 if [ "$mode" = gpu ]; then
@@ -161,7 +163,7 @@ block() {
     P) bench P 2 -w S "${p30[@]}" --methods batchgen,wauto,e2mps,raw1 --variant 'wauto=runtime.window=auto' \
          --variant 'e2mps=runtime.engines_per_gpu=2;runtime.mps=on' ;;
     C) bench C "$rounds" -w S-T -w SYN --methods batchgen,raw1,rawN ;;
-    ST) bench ST "$rounds" -w S-T --methods batchgen,raw1 ;;
+    ST) bench ST "$rounds" -w S-T --methods batchgen,wauto,raw1 --variant 'wauto=runtime.window=auto' ;;
     D) bench D "$rounds" -w S --methods batchgen,runbatch,runbatcht ;;
     D2) bench D2 2 -w S --methods batchgen,raw1d,s512,noasync --variant 's512=model.max_num_seqs=512' \
          --variant 'noasync=model.engine_kwargs.async_scheduling=false' ;;
