@@ -55,7 +55,7 @@ def test_gpu_script_tiny_runs_interleaved_rounds_and_resumes(tmp_path):
     for block in [*"RYVZQTKBGCDEFMHNP", "D2", "ST"]:
         assert f"{block} (dry run): exit 0" in log, log + (state / "logs" / f"{block}.log").read_text()
     order = [line.split("] ")[1].split(" ")[0].rstrip(":") for line in log.splitlines() if "exit" in line]
-    assert order[:3] == ["E", "ST", "D"], order  # blocks run in the queue's order, not the file's
+    assert order[:3] == ["N", "ST", "E"], order  # blocks run in the queue's order, not the file's
     assert "A: exit 0" in log, log + (state / "logs" / "A.log").read_text()[-3000:]
 
     runs = _results(state / "res" / "A")["results"]
