@@ -65,10 +65,11 @@ class Committer:
 
     @property
     def behind(self) -> bool:
-        """Uploads lag generation: the queue is full, or parts wait behind a slow (e.g. retrying) upload."""
+        """Uploads lag generation: parts wait behind a slow (e.g. retrying) upload. (A queue at max_queue is not
+        itself a lag: a checkpoint's burst of parts often reaches it; a checkpoint held back by it says so in `submit`.)"""
         busy = self._busy_since
         slow = busy is not None and time.monotonic() - busy > SLOW_UPLOAD_SECONDS
-        return self.backlog >= self.max_queue or (self.backlog > 0 and slow)
+        return self.backlog > 0 and slow
 
     def note(self) -> str:
         """A progress suffix while uploads lag, empty otherwise."""
