@@ -137,7 +137,9 @@ def test_kill_9_of_the_node_supervisor_leaves_no_process(tiny_model, tmp_path):
     """Two CPU engines (each a `batchgen run` with vLLM's EngineCore and worker) under a supervisor that is
     SIGKILLed while both generate, engine e0 with it (as `pkill -9 -f "batchgen run"` would): e1 gets SIGTERM
     (it commits, closes its engine and exits 75), e0's vLLM processes are ended by its watchdog; none survives."""
-    write_shards(tmp_path / "in", shards=2, rows=300)  # enough that both engines are still busy when the second is up
+    # One engine can start 20 s or more before the other on 2 busy cores and then does ~30 rows/s alone: 3,000
+    # rows keep it busy for 100 s, so both still generate when the second is up (600 rows once ran out first).
+    write_shards(tmp_path / "in", shards=2, rows=1500)
     out = tmp_path / "out"
     job = write_job(tmp_path / "job.yaml", job_dict(
         tiny_model, tmp_path / "in", out, input={"unit_rows": 20}, sampling={"temperature": 0, "max_tokens": 48},
