@@ -110,7 +110,8 @@ def test_static_ranks_split_the_job_and_the_last_writes_success(vllm_engine, tin
 def test_engines_of_a_node_match_one_engine_survive_a_crash_and_resume(tiny_model, tmp_path):
     """3 engine processes: one is SIGKILLed holding a lease (the others take its units), then the node gets
     SIGTERM (exit 75); a rerun with 2 engines finishes the job, identical to one engine's output."""
-    ids = write_shards(tmp_path / "in", shards=4, rows=80, row_group=10)
+    # 480 rows: on CI's 2 busy cores one engine has started 18 s before another, at ~15 rows/s an engine.
+    ids = write_shards(tmp_path / "in", shards=4, rows=120, row_group=10)
     # Small windows and longer answers: the job must still be running when the node is stopped. float32:
     # the engines batch rows differently, and bf16 rounding then flips near-tied greedy tokens now and then.
     sections = {"input": {"unit_rows": 20}, "sampling": {"max_tokens": 16}, "checkpoint": {"every_rows": 10},

@@ -1,4 +1,4 @@
-"""Commits run beside generation: a writer thread with a bounded queue of parts to write."""
+"""Commits run beside generation: a writer thread and its queue of parts; a checkpoint waits while too many queue."""
 
 from __future__ import annotations
 
