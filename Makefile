@@ -26,8 +26,9 @@ demo: setup
 	$(BIN)/python examples/demo.py
 
 # The whole test suite, on the real CPU vLLM engine, a loopback S3 server and a one-node SLURM cluster.
+# --durations: the slowest tests in every log, to keep the suite within its ~30-minute budget.
 test: setup
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu" --durations=20
 
 clean:
 	rm -rf $(VENV) .cache demo-out
